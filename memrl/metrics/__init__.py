@@ -1,0 +1,1 @@
+"""Quality (FID/KID) and memorization metrics."""

@@ -1,0 +1,71 @@
+"""Generation quality: FID and KID from torchmetrics on a chosen feature network.
+
+torchmetrics computes both; memrl only supplies the feature extractor (the offline
+:class:`~memrl.models.feature_net.FeatureNet`, or Inception when its weights are local) and keeps
+the real-set statistics so they are computed once per held-out set.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+
+
+class _Features(torch.nn.Module):
+    """Wrap a feature network so torchmetrics feeds it our [-1, 1] float images unchanged."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.num_features = int(net.num_features)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float())
+
+
+def _batches(x: torch.Tensor, n: int = 512):
+    for i in range(0, x.shape[0], n):
+        yield x[i : i + n]
+
+
+@torch.no_grad()
+def fid_kid(
+    feature_net: torch.nn.Module,
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    kid_subset_size: int | None = None,
+    kid_subsets: int = 50,
+) -> dict[str, float]:
+    """FID and KID (mean and std over subsets) between two image sets in [-1, 1].
+
+    With few samples in many feature dimensions FID is biased upwards; the sample counts are
+    returned so a report can say so, and KID (unbiased) is the number to trust then.
+    """
+    feature_net.eval()
+    feat = _Features(feature_net)
+    fid = FrechetInceptionDistance(feature=feat, reset_real_features=True, normalize=False)
+    n_min = min(real.shape[0], fake.shape[0])
+    sub = int(kid_subset_size or min(50, n_min))
+    kid = KernelInceptionDistance(feature=feat, subsets=kid_subsets, subset_size=sub, normalize=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for b in _batches(real):
+            fid.update(b, real=True)
+            kid.update(b, real=True)
+        for b in _batches(fake):
+            fid.update(b, real=False)
+            kid.update(b, real=False)
+        fid_v = float(fid.compute())
+        kid_m, kid_s = kid.compute()
+    return {
+        "fid": fid_v,
+        "kid": float(kid_m),
+        "kid_std": float(kid_s),
+        "n_real": int(real.shape[0]),
+        "n_fake": int(fake.shape[0]),
+        "feature_dim": feat.num_features,
+    }

@@ -1,0 +1,212 @@
+"""The diffusion model memrl fine-tunes: UNet + text encoder + tokenizer + scheduler (+ VAE).
+
+Saved and loaded as a diffusers-style folder, safetensors only::
+
+    model_index.json      which class each component is (diffusers' convention)
+    unet/                 UNet2DConditionModel.save_pretrained
+    text_encoder/         CLIPTextModel.save_pretrained
+    tokenizer/            memrl word-level tokenizer, or a CLIP tokenizer (Stable Diffusion)
+    scheduler/            DDPMScheduler config
+    vae/                  optional: present for latent models (Stable Diffusion); absent for pixel models
+    feature_net/          optional: memrl's offline feature network (FID / nearest neighbours)
+
+The loader takes any such folder, so a local Stable Diffusion folder has the same entry point:
+with a ``vae/`` the model works in latent space (images are encoded before training and decoded
+after sampling). That path is a seam, exercised by tests with a tiny random VAE only.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel
+
+from memrl.errors import MemrlError
+from memrl.models.tokenizer import CONFIG_NAME as WORD_TOKENIZER_CONFIG
+from memrl.models.tokenizer import WordTokenizer
+
+REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
+
+
+class _HFTokenizer:
+    """Adapter giving a transformers tokenizer (e.g. SD's CLIPTokenizer) the WordTokenizer call API."""
+
+    def __init__(self, tok) -> None:  # noqa: ANN001
+        self.tok = tok
+        self.max_length = tok.model_max_length
+
+    def __call__(self, texts: Sequence[str] | str) -> torch.Tensor:
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.tok(list(texts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt").input_ids
+
+    def save_pretrained(self, folder: str | Path) -> None:
+        self.tok.save_pretrained(str(folder))
+
+
+def _load_tokenizer(folder: Path):  # noqa: ANN202
+    if (folder / WORD_TOKENIZER_CONFIG).is_file():
+        return WordTokenizer.from_pretrained(folder)
+    from transformers import AutoTokenizer
+
+    return _HFTokenizer(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
+
+
+class DiffusionModel(torch.nn.Module):
+    """A text-conditional diffusion model as plain modules, with seeded DDIM sampling."""
+
+    def __init__(
+        self,
+        unet: UNet2DConditionModel,
+        text_encoder: CLIPTextModel,
+        tokenizer,  # noqa: ANN001  WordTokenizer or _HFTokenizer
+        scheduler: DDPMScheduler,
+        vae: AutoencoderKL | None = None,
+    ) -> None:
+        super().__init__()
+        self.unet = unet
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        self.vae = vae
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def device(self) -> torch.device:
+        return next(self.unet.parameters()).device
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        c = self.unet.config
+        return (int(c.in_channels), int(c.sample_size), int(c.sample_size))
+
+    @property
+    def image_channels(self) -> int:
+        return int(self.vae.config.in_channels) if self.vae is not None else self.latent_shape[0]
+
+    @property
+    def image_size(self) -> int:
+        if self.vae is None:
+            return self.latent_shape[1]
+        return self.latent_shape[1] * 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ conditioning
+    def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
+        ids = self.tokenizer(list(prompts)).to(self.device)
+        return self.text_encoder(ids)[0]
+
+    def to_latents(self, images: torch.Tensor) -> torch.Tensor:
+        """Pixel images in [-1, 1] -> what the UNet denoises (the images themselves, or VAE latents)."""
+        if self.vae is None:
+            return images
+        sf = float(getattr(self.vae.config, "scaling_factor", 0.18215))
+        return self.vae.encode(images.to(self.device, self.vae.dtype)).latent_dist.mean * sf
+
+    def to_images(self, latents: torch.Tensor) -> torch.Tensor:
+        if self.vae is None:
+            return latents
+        sf = float(getattr(self.vae.config, "scaling_factor", 0.18215))
+        return self.vae.decode(latents.to(self.vae.dtype) / sf).sample
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: Sequence[str],
+        num_inference_steps: int = 25,
+        guidance_scale: float = 3.0,
+        seed: int = 0,
+        batch_size: int = 256,
+        eta: float = 0.0,
+        callback: Callable[[int], None] | None = None,
+    ) -> torch.Tensor:
+        """Images (``N x C x H x W``, CPU float32, [-1, 1]) for ``prompts``, deterministic given ``seed``.
+
+        Initial noise is drawn for all prompts at once from a CPU generator, so sample ``i``
+        does not depend on the batch size or device. Classifier-free guidance uses the empty prompt.
+        """
+        prompts = list(prompts)
+        if not prompts:
+            raise MemrlError("no prompts given: pass at least one prompt")
+        was_training = self.training
+        self.eval()
+        gen = torch.Generator().manual_seed(int(seed))
+        noise = torch.randn((len(prompts), *self.latent_shape), generator=gen)
+        step_gen = torch.Generator().manual_seed(int(seed) + 1)
+        dtype = next(self.unet.parameters()).dtype
+        out = []
+        uncond = self.encode_prompts([""])
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            cond = self.encode_prompts(chunk)
+            sched = DDIMScheduler.from_config(self.scheduler.config)
+            sched.set_timesteps(num_inference_steps)
+            x = noise[start : start + len(chunk)].to(self.device) * sched.init_noise_sigma
+            use_cfg = guidance_scale != 1.0
+            ctx = torch.cat([uncond.expand(len(chunk), -1, -1), cond]) if use_cfg else cond
+            for t in sched.timesteps:
+                inp = torch.cat([x, x]) if use_cfg else x
+                eps = self.unet(inp.to(dtype), t, encoder_hidden_states=ctx.to(dtype)).sample.float()
+                if use_cfg:
+                    e_u, e_c = eps.chunk(2)
+                    eps = e_u + guidance_scale * (e_c - e_u)
+                x = sched.step(eps, t, x, eta=eta, generator=step_gen if eta > 0 else None).prev_sample
+            out.append(self.to_images(x).float().clamp(-1, 1).cpu())
+            if callback is not None:
+                callback(len(chunk))
+        self.train(was_training)
+        return torch.cat(out)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, folder: str | Path, extra_index: dict | None = None) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.unet.save_pretrained(folder / "unet", safe_serialization=True)
+        self.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        self.scheduler.save_pretrained(folder / "scheduler")
+        if self.vae is not None:
+            self.vae.save_pretrained(folder / "vae", safe_serialization=True)
+        index = {
+            "_class_name": "MemrlDiffusionModel",
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "text_encoder": ["transformers", type(self.text_encoder).__name__],
+            "tokenizer": ["memrl", "WordTokenizer"] if isinstance(self.tokenizer, WordTokenizer) else ["transformers", "AutoTokenizer"],
+            "scheduler": ["diffusers", type(self.scheduler).__name__],
+            "vae": ["diffusers", "AutoencoderKL"] if self.vae is not None else [None, None],
+        }
+        index.update(extra_index or {})
+        (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> "DiffusionModel":
+        """Load a memrl or Stable-Diffusion-style folder; a missing part is a one-line error."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise MemrlError(f"model folder {folder} does not exist (create one with `memrl pretrain --out {folder}`)")
+        missing = [p for p in REQUIRED if not (folder / p).is_dir()]
+        if missing:
+            raise MemrlError(
+                f"model folder {folder} is incomplete: missing {', '.join(p + '/' for p in missing)} "
+                f"(expected {', '.join(p + '/' for p in REQUIRED)})"
+            )
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True, torch_dtype=dtype)
+                text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
+                scheduler = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
+                vae = None
+                if (folder / "vae").is_dir():
+                    vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, torch_dtype=dtype)
+            tokenizer = _load_tokenizer(folder / "tokenizer")
+        except (OSError, ValueError, KeyError, FileNotFoundError) as exc:
+            raise MemrlError(f"cannot load model folder {folder}: {str(exc).splitlines()[0]}") from None
+        model = cls(unet, text_encoder, tokenizer, scheduler, vae).to(device)
+        model.requires_grad_(False)
+        return model.eval()

@@ -1,0 +1,37 @@
+"""The DDPM training objective shared by pretraining and masked fine-tuning."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+
+
+def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator) -> list[str]:
+    """Replace each caption by "" with probability ``p`` (teaches the unconditional model for CFG)."""
+    if p <= 0:
+        return list(captions)
+    keep = torch.rand(len(captions), generator=generator) >= p
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
+
+
+def epsilon_loss(
+    unet: UNet2DConditionModel,
+    scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    context: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """MSE between the true noise and the UNet's prediction at uniformly drawn timesteps.
+
+    Noise and timesteps come from ``generator`` on the CPU, so a seeded run repeats exactly and
+    does not depend on the device.
+    """
+    b = latents.shape[0]
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
+    noisy = scheduler.add_noise(latents, noise, t)
+    pred = unet(noisy, t, encoder_hidden_states=context).sample
+    return F.mse_loss(pred.float(), noise.float())
