@@ -1,0 +1,287 @@
+"""One honest evaluation of a PEFT mask: fine-tune, generate, measure, reward.
+
+This is the inner loop of MemControl's bi-level optimisation and the body of every environment
+step. :class:`Evaluator` loads the pretrained model and the feature network once and answers
+requests ``(dataset, method, mask, lr, seed, config)``; each starts from the pretrained weights.
+
+Measured for every request (DESIGN section 4), seeded, with the model in eval mode:
+
+* quality: FID and KID (torchmetrics) of samples for held-out captions against the held-out real
+  images, on the feature network's embedding; real-set statistics are computed once per dataset;
+* memorization: the noise-norm score on the memorization pairs; nearest-neighbour ``nn_own_rate``,
+  ``replication_rate`` and AMD of ``gens_per_prompt`` generations per memorization prompt against
+  all training images; the extraction attack on the same generations;
+* cost: trainable parameters (count and fraction of the UNet) and seconds.
+
+The reward needs a reference (full fine-tuning with the same budget, data and seed), evaluated
+once and then answered from the cache like any other request.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from memrl.data.dataset import DatasetSplits
+from memrl.errors import MemrlError
+from memrl.evaluation.cache import EvalCache, request_key
+from memrl.evaluation.config import EvalConfig
+from memrl.evaluation.reward import reward as compute_reward
+from memrl.metrics import memorization as mm
+from memrl.metrics.quality import _Features
+from memrl.models.feature_net import FeatureNet
+from memrl.models.pipeline import DiffusionModel
+from memrl.peft_masking import Mask, enumerate_units
+from memrl.training.finetune import finetune
+from memrl.utils.images import save_grid, save_pairs
+
+#: Bumped whenever a change to this code can change a result: it is part of every cache key.
+EVAL_VERSION = 1
+
+
+def _file_hash(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.suffix in (".safetensors", ".json") and "feature_net" not in p.parts[-2:]:
+            h.update(p.relative_to(folder).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class Evaluator:
+    """Loads a pretrained model folder once and evaluates masks on datasets."""
+
+    def __init__(
+        self,
+        pretrained: str | Path,
+        device: str = "cpu",
+        cache: EvalCache | str | Path | None = None,
+        feature_net: str | Path | None = None,
+        granularity: str = "attention",
+    ) -> None:
+        self.pretrained_dir = Path(pretrained)
+        self.model = DiffusionModel.from_pretrained(self.pretrained_dir, device=device)
+        fn_dir = Path(feature_net) if feature_net else self.pretrained_dir / "feature_net"
+        if not fn_dir.is_dir():
+            raise MemrlError(
+                f"no feature network at {fn_dir}: FID and nearest-neighbour features need one "
+                "(memrl pretrain writes feature_net/ beside the model; pass --feature-net for another folder)"
+            )
+        self.feature_net = FeatureNet.from_pretrained(fn_dir).to(device)
+        self.granularity = granularity
+        self.units = tuple(enumerate_units(self.model.unet, granularity))
+        self.model_hash = _file_hash(self.pretrained_dir) + "-" + _file_hash(fn_dir)
+        self.cache = EvalCache(cache) if isinstance(cache, (str, Path)) else cache
+        self._real_stats: dict[str, tuple] = {}
+        self.hits = 0
+        self.misses = 0
+
+    # ------------------------------------------------------------------ masks
+    def parse_mask(self, spec: str | Mask) -> Mask:
+        if isinstance(spec, Mask):
+            if tuple(spec.units) != self.units:
+                raise MemrlError(f"mask is over units {list(spec.units)}, the model has {list(self.units)}")
+            return spec
+        return Mask.parse(spec, self.units)
+
+    # ------------------------------------------------------------------ keys
+    def request(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig) -> dict:
+        """Everything that decides a result (the cache key's content)."""
+        fcfg = cfg.finetune
+        return {
+            "eval_version": EVAL_VERSION,
+            "model": self.model_hash,
+            "dataset": data.fingerprint(),
+            "method": method,
+            "mask": mask.bitstring,
+            "units": list(self.units),
+            "lr": fcfg.resolved_lr() if fcfg.method == method else None,
+            "config": cfg.to_dict(),
+        }
+
+    # ------------------------------------------------------------------ main entry
+    def evaluate(
+        self,
+        data: DatasetSplits,
+        method: str,
+        mask: str | Mask,
+        cfg: EvalConfig,
+        lr: float | None = None,
+        seed: int | None = None,
+        out_dir: str | Path | None = None,
+        with_reward: bool = True,
+        progress: bool = False,
+    ) -> dict:
+        """Metrics (+ reward against the cached reference run) for one request."""
+        mask = self.parse_mask(mask)
+        cfg = cfg.with_method(method, lr, cfg.finetune.seed if seed is None else seed)
+        result = self._cached_run(data, method, mask, cfg, out_dir, progress)
+        if with_reward:
+            ref = self.reference(data, cfg, progress=progress)
+            result.update(compute_reward(result, ref, cfg.reward))
+            result["reference"] = {k: ref[k] for k in ("fid", "kid", "nn_own_rate", "replication_rate", "noise_norm_mean", "extraction_rate")}
+        return result
+
+    def reference(self, data: DatasetSplits, cfg: EvalConfig, progress: bool = False) -> dict:
+        """Full fine-tuning of the whole UNet with the same budget, data and seed (cached)."""
+        rcfg = cfg.with_method("full", None, cfg.finetune.seed)
+        return self._cached_run(data, "full", Mask.parse("all", self.units), rcfg, None, progress)
+
+    def _cached_run(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig, out_dir, progress: bool) -> dict:  # noqa: ANN001
+        req = self.request(data, method, mask, cfg)
+        key = request_key(req)
+        if self.cache is not None and out_dir is None:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.hits += 1
+                hit = dict(hit)
+                hit["cached"] = True
+                return hit
+        self.misses += 1
+        t0 = time.time()
+        try:
+            result = self.run(data, method, mask, cfg, out_dir=out_dir, progress=progress)
+        except Exception as exc:
+            if self.cache is not None:
+                self.cache.put_failed(key, req, f"{type(exc).__name__}: {exc}")
+            raise
+        if self.cache is not None:
+            self.cache.put(key, req, result, time.time() - t0)
+        result = dict(result)
+        result["cached"] = False
+        return result
+
+    # ------------------------------------------------------------------ the evaluation itself
+    def run(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig, out_dir=None, progress: bool = False) -> dict:  # noqa: ANN001
+        """Fine-tune from the pretrained weights and measure (no cache, no reward)."""
+        if data.image_shape != (self.model.image_channels, self.model.image_size, self.model.image_size):
+            raise MemrlError(
+                f"dataset {data.name} has images {data.image_shape}, the model makes "
+                f"{(self.model.image_channels, self.model.image_size, self.model.image_size)}"
+            )
+        t0 = time.time()
+        timings: dict[str, float] = {}
+        fcfg = cfg.finetune
+        ft = finetune(self.model, data, mask, fcfg, progress=progress)
+        timings["finetune"] = ft.seconds
+        model = ft.model
+        seed = fcfg.seed
+
+        # -- generations for the memorization prompts (G each, prompt-major) and for FID
+        t = time.time()
+        mem = ft.memorization_set
+        G = cfg.gens_per_prompt
+        mem_prompts = [c for c in mem.captions for _ in range(G)]
+        gens = model.generate(mem_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 1000, batch_size=cfg.sample_batch_size)
+        held = data.heldout.captions
+        fid_prompts = [held[i % len(held)] for i in range(cfg.n_fid_samples)]
+        fid_samples = model.generate(fid_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 2000, batch_size=cfg.sample_batch_size)
+        timings["sample"] = time.time() - t
+
+        # -- quality
+        t = time.time()
+        quality = self._fid_kid(data, fid_samples)
+        timings["fid_kid"] = time.time() - t
+
+        # -- noise norm
+        t = time.time()
+        nn_score = mm.noise_norm_score(model, mem.images, mem.captions, cfg.noise_norm_timesteps, cfg.noise_norm_draws, seed=seed + 3000)
+        timings["noise_norm"] = time.time() - t
+
+        # -- nearest neighbours
+        t = time.time()
+        extractor = self.feature_net if cfg.nn_features == "feature_net" else self._centred_pixels
+        train_f = mm.image_features(data.train.images, extractor)
+        held_f = mm.image_features(data.heldout.images, extractor)
+        gen_f = mm.image_features(gens, extractor)
+        threshold = mm.calibrate_threshold(held_f, train_f, cfg.replication_quantile)
+        owners = np.repeat(np.asarray(ft.memorization_index, dtype=np.int64), G)
+        nnm = mm.nn_memorization(gen_f, owners, train_f, threshold)
+        timings["nearest_neighbour"] = time.time() - t
+
+        # -- extraction attack
+        t = time.time()
+        P = len(mem)
+        ext = mm.extraction_attack(gens.reshape(P, G, *gens.shape[1:]), mem.images, cfg.extraction_threshold, cfg.extraction_min_matches)
+        timings["extraction"] = time.time() - t
+
+        peft = ft.peft
+        result = {
+            "dataset": data.name,
+            "method": method,
+            "mask": str(mask),
+            "mask_bits": mask.bitstring,
+            "mask_units": list(mask.selected),
+            "lr": fcfg.resolved_lr(),
+            "seed": seed,
+            "fid": quality["fid"],
+            "kid": quality["kid"],
+            "kid_std": quality["kid_std"],
+            "fid_n_real": quality["n_real"],
+            "fid_n_fake": quality["n_fake"],
+            "noise_norm_mean": float(nn_score["noise_norm_mean"]),
+            "noise_norm_max": float(nn_score["noise_norm_max"]),
+            "nn_own_rate": nnm["nn_own_rate"],
+            "replication_rate": nnm["replication_rate"],
+            "replication_threshold": threshold,
+            "amd": nnm["amd"],
+            "extraction_rate": float(ext["extraction_rate"]),
+            "trainable_params": int(peft.trainable_params),
+            "trainable_fraction": float(peft.trainable_fraction),
+            "unet_params": int(peft.unet_params),
+            "train_images": ft.train_size,
+            "memorization_set": len(mem),
+            "final_loss": float(np.mean(ft.losses[-20:])) if ft.losses else None,
+            "timings": {k: round(v, 3) for k, v in timings.items()},
+            "seconds": round(time.time() - t0, 3),
+        }
+        if out_dir is not None:
+            out = Path(out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            save_grid(gens, out / "samples.png", nrow=G)
+            nearest = data.train.images[torch.as_tensor(nnm["nn_index"])]
+            pick = list(range(0, len(gens), max(1, G // 2)))[:16]
+            save_pairs(gens[pick], nearest[pick], out / "nearest_neighbours.png")
+            save_grid(fid_samples[:64], out / "heldout_prompt_samples.png", nrow=8)
+        return result
+
+    # ------------------------------------------------------------------ helpers
+    @staticmethod
+    def _centred_pixels(x: torch.Tensor) -> torch.Tensor:
+        """Flattened pixels minus each image's mean: cosine is then the pixel correlation, which is
+        not dominated by the uniform background the way raw-pixel cosine is."""
+        f = x.flatten(1).double()
+        return f - f.mean(dim=1, keepdim=True)
+
+    def _fid_kid(self, data: DatasetSplits, fake: torch.Tensor) -> dict:
+        """FID/KID with the real-set features computed once per dataset and reused."""
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        key = data.fingerprint()
+        real = data.heldout.images
+        sub = min(50, real.shape[0], fake.shape[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if key not in self._real_stats:
+                feat = _Features(self.feature_net)
+                fid = FrechetInceptionDistance(feature=feat, reset_real_features=False)
+                kid = KernelInceptionDistance(feature=feat, reset_real_features=False, subsets=50, subset_size=sub)
+                fid.update(real, real=True)
+                kid.update(real, real=True)
+                self._real_stats[key] = (fid, kid)
+            fid0, kid0 = self._real_stats[key]
+            fid, kid = copy.deepcopy(fid0), copy.deepcopy(kid0)
+            kid.subset_size = sub
+            fid.update(fake, real=False)
+            kid.update(fake, real=False)
+            torch.manual_seed(0)  # KID draws its subsets from torch's global generator
+            km, ks = kid.compute()
+            return {"fid": float(fid.compute()), "kid": float(km), "kid_std": float(ks), "n_real": int(real.shape[0]), "n_fake": int(fake.shape[0])}

@@ -1,0 +1,155 @@
+"""Masked PEFT fine-tuning: the inner loop's training half (DESIGN section 3).
+
+Read top to bottom: copy the *pretrained* weights (never a previous evaluation's), wrap the UNet
+with the PEFT method inside the masked units, build the training set (a ``data_size_ratio``
+subset of the private split plus the memorization set repeated ``n_repeats`` times: duplication
+is what induces memorization), then AdamW at a constant learning rate with gradient clipping,
+the DDPM epsilon loss and caption dropout. Everything random is drawn from one seeded CPU
+generator, so the same request gives the same weights.
+
+The text encoder (and VAE) stay frozen, as in the paper; their outputs are computed once.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from memrl.data.dataset import CaptionedImages, DatasetSplits
+from memrl.errors import MemrlError
+from memrl.models.pipeline import DiffusionModel
+from memrl.peft_masking import Mask, apply_peft
+from memrl.training.losses import epsilon_loss
+
+#: Learning rates per method, tuned on the embedded default (experiments/effect_table.py --tune-lr).
+DEFAULT_LR = {
+    "full": 5e-4,
+    "attention": 1e-3,
+    "lora": 3e-3,
+    "difffit": 1e-2,
+    "svdiff": 1e-2,
+}
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tuning budget. ``lr=None`` takes the method's tuned default (:data:`DEFAULT_LR`)."""
+
+    method: str = "lora"
+    lr: float | None = None
+    steps: int = 200
+    batch_size: int = 32
+    weight_decay: float = 1e-2
+    grad_clip: float = 1.0
+    caption_dropout: float = 0.1
+    rank: int = 4
+    n_mem: int = 10
+    n_repeats: int = 50
+    data_size_ratio: float = 1.0
+    data_seed: int = 0
+    seed: int = 0
+    granularity: str = "attention"
+
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return float(self.lr)
+        if self.method not in DEFAULT_LR:
+            raise MemrlError(f"unknown PEFT method {self.method!r}; valid: {', '.join(DEFAULT_LR)}")
+        return DEFAULT_LR[self.method]
+
+
+@dataclass
+class FinetuneResult:
+    model: DiffusionModel
+    peft: object
+    memorization_set: CaptionedImages
+    memorization_index: list[int]
+    train_size: int
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def memorization_indices(train: CaptionedImages, n_mem: int) -> list[int]:
+    """The fixed memorization set: the first ``n_mem`` images whose caption is unique in the split.
+
+    Unique captions make "the prompt's own training image" well defined.
+    """
+    counts: dict[str, int] = {}
+    for c in train.captions:
+        counts[c] = counts.get(c, 0) + 1
+    idx = [i for i, c in enumerate(train.captions) if counts[c] == 1 and c.strip()][:n_mem]
+    if len(idx) < n_mem:
+        raise MemrlError(
+            f"dataset {train.name}: only {len(idx)} images have a unique caption, {n_mem} needed for the memorization set"
+        )
+    return idx
+
+
+def training_set(data: DatasetSplits, cfg: FinetuneConfig) -> tuple[CaptionedImages, list[int]]:
+    """``data_size_ratio`` of the non-memorization images (seeded by ``data_seed``) + memorization set x ``n_repeats``."""
+    if not 0.0 <= cfg.data_size_ratio <= 1.0:
+        raise MemrlError(f"data_size_ratio must be in [0, 1], got {cfg.data_size_ratio}")
+    mem = memorization_indices(data.train, cfg.n_mem) if cfg.n_mem > 0 else []
+    rest = [i for i in range(len(data.train)) if i not in set(mem)]
+    k = int(round(cfg.data_size_ratio * len(rest)))
+    chosen = sorted(np.random.RandomState(cfg.data_seed).permutation(rest)[:k].tolist())
+    idx = chosen + mem * max(1, cfg.n_repeats if mem else 1)
+    if not idx:
+        raise MemrlError(f"dataset {data.name}: the training set is empty (data_size_ratio={cfg.data_size_ratio}, n_mem={cfg.n_mem})")
+    return data.train.subset(idx, name=f"{data.name}/finetune"), mem
+
+
+def finetune(
+    pretrained: DiffusionModel,
+    data: DatasetSplits,
+    mask: Mask,
+    cfg: FinetuneConfig,
+    progress: bool = False,
+) -> FinetuneResult:
+    """Fine-tune a deep copy of ``pretrained`` with ``cfg.method`` inside ``mask``; ``pretrained`` is untouched."""
+    t0 = time.time()
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    model = copy.deepcopy(pretrained)
+    model.requires_grad_(False)
+    peft = apply_peft(model.unet, mask, cfg.method, rank=cfg.rank, granularity=cfg.granularity)
+    train, mem = training_set(data, cfg)
+    mem_set = data.train.subset(mem, name=f"{data.name}/memorization") if mem else data.train.subset([], name="empty")
+    losses: list[float] = []
+    if peft.trainable_params > 0 and cfg.steps > 0:
+        device = model.device
+        with torch.no_grad():
+            latents = torch.cat([model.to_latents(train.images[i : i + 256].to(device)) for i in range(0, len(train), 256)])
+            uniq = sorted(set(train.captions))
+            ctx_table = torch.cat([model.encode_prompts(uniq[i : i + 256]) for i in range(0, len(uniq), 256)])
+            empty = model.encode_prompts([""])[0]
+        cap_idx = torch.tensor([uniq.index(c) for c in train.captions])
+        opt = torch.optim.AdamW(peft.param_groups(cfg.weight_decay), lr=cfg.resolved_lr())
+        params = [p for _, p in peft.trainable]
+        model.unet.train()
+        n = latents.shape[0]
+        perm, pos = torch.randperm(n, generator=gen), 0
+        bar = tqdm(range(cfg.steps), desc=f"fine-tune {cfg.method}", disable=not progress, leave=False)
+        for _ in bar:
+            if pos + cfg.batch_size > n:
+                perm, pos = torch.randperm(n, generator=gen), 0
+            idx = perm[pos : pos + cfg.batch_size]
+            pos += cfg.batch_size
+            ctx = ctx_table[cap_idx[idx]]
+            drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
+            ctx = torch.where(drop[:, None, None].to(ctx.device), empty.expand_as(ctx), ctx)
+            loss = epsilon_loss(model.unet, model.scheduler, latents[idx], ctx, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            losses.append(float(loss.detach()))
+        bar.close()
+    model.eval()
+    model.requires_grad_(False)
+    return FinetuneResult(model, peft, mem_set, mem, len(train), losses, time.time() - t0)
