@@ -39,7 +39,7 @@ class EvalConfig:
     gens_per_prompt: int = 8
     n_fid_samples: int = 120
     inference_steps: int = 20
-    guidance_scale: float = 3.0
+    guidance_scale: float = 2.0
     sample_batch_size: int = 256
     noise_norm_timesteps: tuple[int, ...] = (100, 200, 300, 400, 500, 600, 700, 800, 900)
     noise_norm_draws: int = 4

@@ -159,8 +159,11 @@ class Evaluator:
         return result
 
     # ------------------------------------------------------------------ the evaluation itself
-    def run(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig, out_dir=None, progress: bool = False) -> dict:  # noqa: ANN001
-        """Fine-tune from the pretrained weights and measure (no cache, no reward)."""
+    def run(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig, out_dir=None, progress: bool = False, on_finetuned=None) -> dict:  # noqa: ANN001
+        """Fine-tune from the pretrained weights and measure (no cache, no reward).
+
+        ``on_finetuned(finetune_result)`` is called after the measurements (e.g. to save weights).
+        """
         if data.image_shape != (self.model.image_channels, self.model.image_size, self.model.image_size):
             raise MemrlError(
                 f"dataset {data.name} has images {data.image_shape}, the model makes "
@@ -250,6 +253,8 @@ class Evaluator:
             pick = list(range(0, len(gens), max(1, G // 2)))[:16]
             save_pairs(gens[pick], nearest[pick], out / "nearest_neighbours.png")
             save_grid(fid_samples[:64], out / "heldout_prompt_samples.png", nrow=8)
+        if on_finetuned is not None:
+            on_finetuned(ft)
         return result
 
     # ------------------------------------------------------------------ helpers

@@ -119,7 +119,7 @@ class DiffusionModel(torch.nn.Module):
         self,
         prompts: Sequence[str],
         num_inference_steps: int = 25,
-        guidance_scale: float = 3.0,
+        guidance_scale: float = 2.0,
         seed: int = 0,
         batch_size: int = 256,
         eta: float = 0.0,

@@ -17,6 +17,28 @@ def drop_captions(captions: Sequence[str], p: float, generator: torch.Generator)
     return [c if k else "" for c, k in zip(captions, keep.tolist())]
 
 
+def truncate_captions(captions: Sequence[str], p: float, generator: torch.Generator, sep: str = ", ") -> list[str]:
+    """With probability ``p`` keep only a random non-empty prefix of a caption's ``sep`` fields.
+
+    Captions like ``"digit 3, thin strokes, left slant, ..."`` are always long in the data, so a
+    short prompt such as ``"digit 3"`` would be out of distribution at sampling time (and
+    classifier-free guidance then amplifies garbage). Training on prefixes makes every shorter
+    description a valid prompt.
+    """
+    if p <= 0:
+        return list(captions)
+    out = []
+    u = torch.rand(len(captions), generator=generator).tolist()
+    r = torch.rand(len(captions), generator=generator).tolist()
+    for c, ui, ri in zip(captions, u, r):
+        fields = c.split(sep)
+        if ui < p and len(fields) > 1:
+            keep = 1 + int(ri * (len(fields) - 1))  # 1 .. len-1 fields
+            c = sep.join(fields[:keep])
+        out.append(c)
+    return out
+
+
 def epsilon_loss(
     unet: UNet2DConditionModel,
     scheduler: DDPMScheduler,

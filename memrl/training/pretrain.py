@@ -2,7 +2,7 @@
 
 Read top to bottom: build the tokenizer from the captions, build the model, train UNet and text
 encoder jointly on the public split (DDPM epsilon loss, caption dropout for classifier-free
-guidance, AdamW with warm-up and cosine decay, EMA weights), train the feature network, measure,
+guidance, caption prefixes so short prompts work, AdamW with warm-up and cosine decay, EMA weights), train the feature network, measure,
 save. Seeded: the same config and seed give the same weights and the same metrics.
 """
 
@@ -24,7 +24,7 @@ from memrl.models.feature_net import train_feature_net
 from memrl.models.pipeline import DiffusionModel
 from memrl.models.tiny import TinyModelConfig, build_scheduler, build_text_encoder, build_unet
 from memrl.models.tokenizer import WordTokenizer
-from memrl.training.losses import drop_captions, epsilon_loss
+from memrl.training.losses import drop_captions, epsilon_loss, truncate_captions
 from memrl.utils.images import save_grid
 from memrl.utils.io import atomic_dir, write_json_atomic
 
@@ -40,12 +40,13 @@ class PretrainConfig:
     weight_decay: float = 1e-2
     ema_decay: float = 0.998
     caption_dropout: float = 0.1
+    caption_truncation: float = 0.3
     grad_clip: float = 1.0
     seed: int = 0
     feature_epochs: int = 30
     eval_samples_per_digit: int = 25
     eval_inference_steps: int = 25
-    guidance_scale: float = 3.0
+    guidance_scale: float = 2.0
     device: str = "cpu"
     model: TinyModelConfig = field(default_factory=TinyModelConfig)
 
@@ -127,7 +128,8 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
             perm, pos = torch.randperm(n, generator=gen), 0
         idx = perm[pos : pos + cfg.batch_size]
         pos += cfg.batch_size
-        caps = drop_captions([captions[i] for i in idx.tolist()], cfg.caption_dropout, gen)
+        caps = truncate_captions([captions[i] for i in idx.tolist()], cfg.caption_truncation, gen)
+        caps = drop_captions(caps, cfg.caption_dropout, gen)
         ctx = model.encode_prompts(caps)
         loss = epsilon_loss(unet, scheduler, images[idx], ctx, gen)
         opt.zero_grad(set_to_none=True)

@@ -13,13 +13,17 @@ from typing import Any, Iterator
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write JSON to a temporary file in the same folder, fsync, then rename over ``path``."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write text to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

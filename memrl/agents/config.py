@@ -1,0 +1,105 @@
+"""Training configuration: one YAML file with ``env``, ``ppo`` and ``train`` sections.
+
+Example (``experiments/digits.yaml``)::
+
+    env:                      # memrl.envs.EnvConfig
+      datasets: [inverted, thick, rotated, blurred, framed]
+      method: lora
+      preset: search
+    ppo:                      # keyword arguments of stable_baselines3.PPO
+      n_steps: 8
+      batch_size: 8
+    train:                    # TrainSettings
+      total_timesteps: 96
+      heldout_datasets: [mirrored]
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from memrl.envs.config import EnvConfig
+from memrl.errors import MemrlError
+
+#: PPO defaults suited to expensive, short (horizon 1) episodes: small rollouts, many epochs.
+DEFAULT_PPO = {
+    "n_steps": 8,
+    "batch_size": 8,
+    "n_epochs": 10,
+    "learning_rate": 3e-3,
+    "gamma": 0.0,
+    "gae_lambda": 1.0,
+    "ent_coef": 0.01,
+    "clip_range": 0.2,
+    "policy_kwargs": {"net_arch": [64, 64]},
+}
+
+
+@dataclass
+class TrainSettings:
+    """Outer-loop settings (not PPO's own)."""
+
+    total_timesteps: int = 96
+    seed: int = 0
+    n_envs: int = 1
+    vec_env: str = "dummy"  # dummy | subproc
+    checkpoint_every: int = 8  # env steps between checkpoints (rounded up to rollout ends)
+    heldout_datasets: list[str] = field(default_factory=list)
+    random_masks: int = 8  # random masks per dataset for the policy-vs-random comparison
+    final_pictures: bool = True  # re-run the best mask once to log its sample grids
+
+    def __post_init__(self) -> None:
+        if self.total_timesteps < 1:
+            raise MemrlError(f"train.total_timesteps must be >= 1, got {self.total_timesteps}")
+        if self.vec_env not in ("dummy", "subproc"):
+            raise MemrlError(f"train.vec_env must be 'dummy' or 'subproc', got {self.vec_env!r}")
+        if self.n_envs < 1:
+            raise MemrlError(f"train.n_envs must be >= 1, got {self.n_envs}")
+
+
+@dataclass
+class TrainConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    ppo: dict = field(default_factory=lambda: dict(DEFAULT_PPO))
+    train: TrainSettings = field(default_factory=TrainSettings)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "TrainConfig":
+        if not isinstance(d, dict):
+            raise MemrlError(f"{source}: expected a mapping with sections env, ppo, train")
+        unknown = sorted(set(d) - {"env", "ppo", "train"})
+        if unknown:
+            raise MemrlError(f"{source}: unknown section(s) {', '.join(unknown)}; valid: env, ppo, train")
+        env = EnvConfig.from_dict(d.get("env") or {}, source=f"{source} [env]")
+        ppo = dict(DEFAULT_PPO)
+        ppo.update(d.get("ppo") or {})
+        tr = d.get("train") or {}
+        known = {f.name for f in fields(TrainSettings)}
+        bad = sorted(set(tr) - known)
+        if bad:
+            raise MemrlError(f"{source} [train]: unknown field(s) {', '.join(bad)}; valid: {', '.join(sorted(known))}")
+        return cls(env=env, ppo=ppo, train=TrainSettings(**tr))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise MemrlError(f"config file {p} not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise MemrlError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        return cls.from_dict(data, source=str(p))
+
+    def to_dict(self) -> dict:
+        return {"env": self.env.to_dict(), "ppo": dict(self.ppo), "train": asdict(self.train)}
+
+    def save(self, path: str | Path) -> None:
+        import yaml
+
+        from memrl.utils.io import write_text_atomic
+
+        write_text_atomic(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -1,0 +1,221 @@
+"""``memrl train``: PPO learns which units to fine-tune, read top to bottom.
+
+1. Prepare the run folder (``config.yaml``; ``--resume`` reuses it), the evaluation cache
+   (``evaluations.sqlite``) and the descriptor basis (``descriptor.json``).
+2. Build the vectorised :class:`~memrl.envs.MaskSelectionEnv` (in-process, or one process per
+   env with 1 torch thread each).
+3. Build PPO, or load it from ``checkpoint/`` with every RNG and env state restored.
+4. ``PPO.learn`` with two callbacks: the evaluation record (CSV + TensorBoard + best/pareto
+   files) and resumable checkpoints.
+5. Save ``policy.zip``; compare the policy's deterministic mask with random masks on every
+   training and held-out dataset (``policy_eval.json``); re-run the best mask once for pictures;
+   print a summary.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from memrl.agents.callbacks import EvaluationRecordCallback, ResumableCheckpointCallback, load_checkpoint, restore_rng
+from memrl.agents.config import TrainConfig
+from memrl.agents.records import EvaluationLog, write_best, write_pareto
+from memrl.envs.config import EnvConfig
+from memrl.envs.descriptor import DescriptorBasis
+from memrl.errors import MemrlError
+from memrl.utils.io import write_json_atomic
+
+
+def _make_subproc_env(env_cfg: dict, basis: dict):  # noqa: ANN202
+    """Env factory for SubprocVecEnv workers: 1 torch thread each (2 cores are shared)."""
+    import torch
+    from stable_baselines3.common.monitor import Monitor
+
+    from memrl.envs.mask_selection import MaskSelectionEnv
+
+    torch.set_num_threads(1)
+    return Monitor(MaskSelectionEnv(EnvConfig.from_dict(env_cfg), basis=basis))
+
+
+def build_vec_env(cfg: TrainConfig, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis):  # noqa: ANN001, ANN201
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+
+    from memrl.envs.mask_selection import MaskSelectionEnv
+
+    n = cfg.train.n_envs
+    if cfg.train.vec_env == "subproc" and n > 1:
+        return SubprocVecEnv([partial(_make_subproc_env, env_cfg.to_dict(), basis.to_dict()) for _ in range(n)], start_method="spawn")
+    return DummyVecEnv([lambda: Monitor(MaskSelectionEnv(env_cfg, evaluator=evaluator, basis=basis)) for _ in range(n)])
+
+
+def prepare_run(cfg: TrainConfig | None, run: Path, resume: bool) -> TrainConfig:
+    saved = run / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise MemrlError(f"cannot resume: {run} holds no run (no config.yaml); start it without --resume")
+        return TrainConfig.load(saved)
+    if cfg is None:
+        raise MemrlError("memrl train needs --config (or --resume of an existing run)")
+    if run.exists() and any(run.iterdir()):
+        raise MemrlError(f"{run} already holds a run; pass --resume to continue it, or choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    if cfg.env.cache is None:
+        cfg.env.cache = str(run / "evaluations.sqlite")
+    cfg.save(saved)
+    return cfg
+
+
+def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progress: bool = True, echo=print) -> dict:  # noqa: ANN001
+    from stable_baselines3 import PPO
+    from torch.utils.tensorboard import SummaryWriter
+
+    from memrl.evaluation import Evaluator
+
+    run = Path(out)
+    cfg = prepare_run(cfg, run, resume)
+    env_cfg = cfg.env
+
+    # 1. evaluator (one per process), descriptor basis (fitted once, saved with the run)
+    evaluator = Evaluator(env_cfg.pretrained, device=env_cfg.device, cache=env_cfg.cache, granularity=env_cfg.granularity)
+    units = list(evaluator.units)
+    basis_path = run / "descriptor.json"
+    if basis_path.is_file():
+        basis = DescriptorBasis.load(basis_path)
+    else:
+        from memrl.data.loaders import load_dataset
+
+        m = evaluator.model
+        basis = DescriptorBasis.fit(evaluator.feature_net, [load_dataset(d, m.image_size, m.image_channels) for d in env_cfg.datasets], env_cfg.descriptor_components)
+        basis.save(basis_path)
+
+    # 2. environments
+    venv = build_vec_env(cfg, env_cfg, evaluator, basis)
+
+    # 3. PPO: fresh, or from the last checkpoint with every RNG and env state restored
+    log = EvaluationLog(run / "evaluations.csv")
+    ckpt = load_checkpoint(run) if resume else None
+    history = None
+    if ckpt is not None:
+        model = PPO.load(ckpt["policy"], env=venv, device="cpu", tensorboard_log=str(run / "tb"))
+        for i, s in enumerate(ckpt["env_states"]):
+            venv.env_method("set_state", s, indices=[i])
+        restore_rng(ckpt)
+        log.truncate(ckpt["rows"])
+        history = ckpt["history"]
+        echo(f"resuming {run} at env step {model.num_timesteps} ({ckpt['rows']} evaluations recorded)")
+    else:
+        if log.rows:
+            log.truncate(0)  # interrupted before the first checkpoint: replay from the start (cache hits)
+        model = PPO("MlpPolicy", venv, seed=cfg.train.seed, tensorboard_log=str(run / "tb"), device="cpu", verbose=0, **cfg.ppo)
+
+    # 4. learn
+    purge = int(model.num_timesteps) + 1 if ckpt is not None else None
+    writer = SummaryWriter(str(run / "tb" / "memrl"), purge_step=purge)
+    mem_metric = evaluator_mem_metric(env_cfg)
+    record = EvaluationRecordCallback(run, log, writer, units, mem_metric, history)
+    checkpoints = ResumableCheckpointCallback(run, cfg.train.checkpoint_every, log, record)
+    remaining = cfg.train.total_timesteps - int(model.num_timesteps)
+    if remaining > 0:
+        model.learn(remaining, callback=[record, checkpoints], reset_num_timesteps=ckpt is None, tb_log_name="ppo", progress_bar=progress)
+        checkpoints.save()
+    model.save(run / "policy.zip")
+
+    # 5. results
+    ok = log.ok_rows()
+    front = write_pareto(run / "pareto.csv", ok, mem_metric) if ok else []
+    best = write_best(run / "best_mask.json", log, units)
+    comparison = compare_policy(model, env_cfg, evaluator, basis, cfg.train.heldout_datasets, cfg.train.random_masks, cfg.train.seed, progress)
+    write_json_atomic(run / "policy_eval.json", comparison)
+    if cfg.train.final_pictures and best is not None:
+        _best_pictures(evaluator, env_cfg, best, run / "best", writer, int(model.num_timesteps))
+    writer.close()
+    venv.close()
+    summary = {
+        "run": str(run),
+        "env_steps": int(model.num_timesteps),
+        "evaluations": len(log.rows),
+        "fresh_evaluations": sum(1 for r in log.rows if r.get("cached") != "True"),
+        "pareto_points": len(front),
+        "best": best,
+        "policy_vs_random": comparison,
+    }
+    echo(format_summary(summary))
+    return summary
+
+
+def evaluator_mem_metric(env_cfg: EnvConfig) -> str:
+    return env_cfg.reward.get("mem_metric", "nn_own_rate")
+
+
+def compare_policy(model, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis, heldout: list[str], k_random: int, seed: int, progress: bool = False) -> dict:  # noqa: ANN001
+    """The policy's deterministic mask vs ``k_random`` uniformly random masks, per dataset.
+
+    Rewards come from the same evaluation code and cache as training. Held-out datasets were never
+    seen during training: the policy only gets their descriptor.
+    """
+    from memrl.envs.mask_selection import MaskSelectionEnv
+
+    names = list(env_cfg.datasets) + [d for d in heldout if d not in env_cfg.datasets]
+    env = MaskSelectionEnv(env_cfg.with_(datasets=names), evaluator=evaluator, basis=basis)
+    rng = np.random.default_rng(seed + 777)
+    out = {}
+    for name in names:
+        obs, _ = env.reset(options={"dataset": name})
+        done, rewards, info = False, [], {}
+        while not done:
+            action, _ = model.predict(obs, deterministic=True)
+            obs, r, done, _, info = env.step(action)
+            rewards.append(r)
+        rand = []
+        for _ in range(k_random):
+            env.reset(options={"dataset": name})
+            a = rng.integers(0, env.action_space.nvec if hasattr(env.action_space, "nvec") else 2, size=env.action_space.shape)
+            rand.append(env.step(a)[1])
+        out[name] = {
+            "heldout": name not in env_cfg.datasets,
+            "policy_mask": info.get("mask"),
+            "policy_reward": float(rewards[-1]),
+            "policy_fid": info.get("fid"),
+            "policy_nn_own_rate": info.get("nn_own_rate"),
+            "random_reward_mean": float(np.mean(rand)) if rand else None,
+            "random_reward_std": float(np.std(rand)) if rand else None,
+            "random_masks": len(rand),
+        }
+    return out
+
+
+def _best_pictures(evaluator, env_cfg: EnvConfig, best: dict, out: Path, writer, step: int) -> None:  # noqa: ANN001
+    """Re-run the best evaluation once with pictures (same seed: same numbers) and log them."""
+    from PIL import Image
+
+    from memrl.data.loaders import load_dataset
+    m = evaluator.model
+    data = load_dataset(best["dataset"], m.image_size, m.image_channels)
+    lr = best["lr"] if isinstance(best["lr"], float) else None
+    evaluator.evaluate(data, best["method"], best["mask_bits"], env_cfg.eval_config(), lr=lr, seed=env_cfg.seed, out_dir=out)
+    for name, tag in (("samples.png", "best/samples"), ("nearest_neighbours.png", "best/nearest_neighbours")):
+        p = out / name
+        if p.is_file():
+            img = np.asarray(Image.open(p).convert("RGB"))
+            writer.add_image(tag, img, step, dataformats="HWC")
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"run {s['run']}: {s['env_steps']} env steps, {s['evaluations']} evaluations ({s['fresh_evaluations']} fresh), {s['pareto_points']} Pareto points"]
+    b = s.get("best")
+    if b:
+        mt = b["metrics"]
+        lines.append(f"best: {b['method']} on {b['dataset']} units [{', '.join(b['mask_units']) or 'none'}] reward {mt['reward']:.3f} FID {mt['fid']:.2f} nn_own_rate {mt['nn_own_rate']:.3f}")
+    lines.append(f"{'dataset':<12}{'held-out':>9}{'policy reward':>15}{'random mean':>13}{'random std':>12}  policy mask")
+    for d, c in s["policy_vs_random"].items():
+        rm = c["random_reward_mean"]
+        lines.append(f"{d:<12}{str(c['heldout']):>9}{c['policy_reward']:>15.3f}{(rm if rm is not None else float('nan')):>13.3f}{(c['random_reward_std'] or 0):>12.3f}  {c['policy_mask']}")
+    return "\n".join(lines)
+
+
+def load_summary(run: str | Path) -> dict:
+    return json.loads((Path(run) / "policy_eval.json").read_text())

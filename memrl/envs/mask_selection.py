@@ -1,0 +1,187 @@
+"""``memrl/MaskSelection-v0``: choose which UNet units to fine-tune; the reward is one evaluation.
+
+An episode is one dataset, drawn at ``reset`` from the configured list. Each step proposes a
+binary mask over the UNet's named units (optionally also a PEFT method and a learning-rate
+bucket), fine-tunes the pretrained model with it and returns the memorization-penalised FID
+reward of :mod:`memrl.evaluation`. With ``horizon`` 1 an episode is a single proposal per
+dataset; a longer horizon lets the agent refine its mask after seeing the metrics.
+
+Observation (a flat ``Box``, clipped to [-10, 10]):
+
+* the dataset descriptor (:mod:`memrl.envs.descriptor`);
+* the current mask bits (zeros at reset);
+* the last step's normalised metrics: FID / FID_ref, MEM / MEM_ref, trainable fraction, reward
+  (zeros at reset), and the share of the horizon used.
+
+Evaluations are seeded by the config's ``seed`` (not by the episode), so the reward of a
+(dataset, mask) pair is a fixed number and repeated proposals are answered from the cache.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from memrl.envs.config import EnvConfig
+from memrl.envs.descriptor import DescriptorBasis
+from memrl.errors import MemrlError
+
+N_METRICS = 5  # fid ratio, mem ratio, trainable fraction, reward, horizon share
+
+
+def action_dims(n_units: int, cfg: EnvConfig) -> list[int]:
+    """Sizes of the action's dimensions: one bit per unit, then optional method and lr buckets."""
+    extra = ([len(cfg.methods)] if len(cfg.methods) > 1 else []) + ([len(cfg.lr_scales)] if len(cfg.lr_scales) > 1 else [])
+    return [2] * n_units + extra
+
+
+def decode_action(action, n_units: int, cfg: EnvConfig) -> tuple[np.ndarray, str, float | None]:  # noqa: ANN001
+    """Action -> (mask bits, method, learning rate; ``None`` means the method's default)."""
+    a = np.asarray(action).astype(np.int64).reshape(-1)
+    dims = action_dims(n_units, cfg)
+    if a.shape[0] != len(dims):
+        raise MemrlError(f"action has {a.shape[0]} entries, expected {len(dims)} ({n_units} unit bits + {len(dims) - n_units} extra dims)")
+    bits = (a[:n_units] > 0).astype(np.int64)
+    i = n_units
+    method = cfg.methods[0] if len(cfg.methods) == 1 else cfg.method
+    if len(cfg.methods) > 1:
+        method = cfg.methods[int(a[i])]
+        i += 1
+    lr = None
+    if cfg.lr_scales:
+        from memrl.training.finetune import FinetuneConfig
+
+        scale = cfg.lr_scales[int(a[i])] if len(cfg.lr_scales) > 1 else cfg.lr_scales[0]
+        lr = FinetuneConfig(method=method).resolved_lr() * scale
+    return bits, method, lr
+
+
+def observation(descriptor: np.ndarray, mask: np.ndarray, last: np.ndarray) -> np.ndarray:
+    return np.clip(np.concatenate([descriptor, mask, last]), -10.0, 10.0).astype(np.float32)
+
+
+class MaskSelectionEnv(gym.Env):
+    """Gymnasium environment whose step is one masked PEFT fine-tune + evaluation."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, config: EnvConfig | dict | None = None, evaluator=None, basis: DescriptorBasis | dict | None = None) -> None:  # noqa: ANN001
+        super().__init__()
+        if config is None:
+            config = EnvConfig()
+        self.config = config if isinstance(config, EnvConfig) else EnvConfig.from_dict(dict(config))
+        if evaluator is None:
+            from memrl.evaluation import Evaluator
+
+            evaluator = Evaluator(self.config.pretrained, device=self.config.device, cache=self.config.cache, granularity=self.config.granularity)
+        self.evaluator = evaluator
+        self.units = tuple(evaluator.units)
+        self.n_units = len(self.units)
+        self.eval_config = self.config.eval_config()
+        self._data: dict[str, Any] = {}
+        self._descriptors: dict[str, np.ndarray] = {}
+        if basis is None:
+            basis = DescriptorBasis.fit(evaluator.feature_net, [self._dataset(d) for d in self.config.datasets], self.config.descriptor_components)
+        self.basis = basis if isinstance(basis, DescriptorBasis) else DescriptorBasis.from_dict(basis)
+
+        dims = action_dims(self.n_units, self.config)
+        self.action_space = spaces.MultiDiscrete(dims) if len(dims) > self.n_units else spaces.MultiBinary(self.n_units)
+        self.obs_dim = self.basis.dim + self.n_units + N_METRICS
+        self.observation_space = spaces.Box(-10.0, 10.0, shape=(self.obs_dim,), dtype=np.float32)
+
+        self._dataset_index = 0
+        self._t = 0
+        self._mask = np.zeros(self.n_units, dtype=np.float32)
+        self._last = np.zeros(N_METRICS, dtype=np.float32)
+
+    # ------------------------------------------------------------------ setup helpers
+    def _dataset(self, spec: str):  # noqa: ANN202
+        if spec not in self._data:
+            from memrl.data.loaders import load_dataset
+
+            m = self.evaluator.model
+            self._data[spec] = load_dataset(spec, m.image_size, m.image_channels)
+        return self._data[spec]
+
+    def descriptor(self, spec: str) -> np.ndarray:
+        if spec not in self._descriptors:
+            self._descriptors[spec] = self.basis.describe(self.evaluator.feature_net, self._dataset(spec))
+        return self._descriptors[spec]
+
+    @property
+    def dataset_name(self) -> str:
+        return self.config.datasets[self._dataset_index]
+
+    def _obs(self) -> np.ndarray:
+        return observation(self.descriptor(self.dataset_name), self._mask, self._last)
+
+    # ------------------------------------------------------------------ action decoding
+    def decode(self, action) -> tuple[np.ndarray, str, float | None]:  # noqa: ANN001
+        """Action -> (mask bits, method, learning rate or None for the method's default)."""
+        return decode_action(action, self.n_units, self.config)
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict | None = None):  # noqa: ANN201
+        super().reset(seed=seed)
+        options = options or {}
+        if "dataset" in options:
+            name = options["dataset"]
+            if name not in self.config.datasets:
+                raise MemrlError(f"reset: dataset {name!r} is not in the env's list {self.config.datasets}")
+            self._dataset_index = self.config.datasets.index(name)
+        else:
+            self._dataset_index = int(self.np_random.integers(len(self.config.datasets)))
+        self._t = 0
+        self._mask = np.zeros(self.n_units, dtype=np.float32)
+        self._last = np.zeros(N_METRICS, dtype=np.float32)
+        return self._obs(), {"dataset": self.dataset_name, "units": list(self.units)}
+
+    def step(self, action):  # noqa: ANN001, ANN201
+        from memrl.peft_masking import Mask
+
+        bits, method, lr = self.decode(action)
+        mask = Mask.from_bits([int(b) for b in bits], self.units)
+        data = self._dataset(self.dataset_name)
+        self._t += 1
+        info: dict[str, Any] = {"dataset": self.dataset_name, "mask": str(mask), "mask_bits": mask.bitstring, "mask_units": list(mask.selected), "method": method, "step_in_episode": self._t}
+        try:
+            result = self.evaluator.evaluate(data, method, mask, self.eval_config, lr=lr, seed=self.config.seed)
+        except MemrlError:
+            raise
+        except Exception as exc:  # a failed evaluation: recorded in the cache as failed, penalised here
+            info.update({"failed": True, "error": f"{type(exc).__name__}: {exc}", "cached": False})
+            reward = float(self.config.failure_reward)
+            self._mask = bits.astype(np.float32)
+            self._last = np.array([0, 0, 0, reward, self._t / self.config.horizon], dtype=np.float32)
+            return self._obs(), reward, True, False, info
+        reward = float(result["reward"])
+        info.update({k: v for k, v in result.items() if k not in ("mask", "mask_units", "mask_bits", "dataset", "method")})
+        info["failed"] = False
+        self._mask = bits.astype(np.float32)
+        self._last = np.array(
+            [result["fid_norm"], result["mem_norm"], result["trainable_fraction"], reward, self._t / self.config.horizon],
+            dtype=np.float32,
+        )
+        terminated = self._t >= self.config.horizon
+        return self._obs(), reward, terminated, False, info
+
+    # ------------------------------------------------------------------ checkpoint support
+    def get_state(self) -> dict:
+        """Everything needed to continue exactly where this env stands (for ``memrl train --resume``)."""
+        return {
+            "rng": self.np_random.bit_generator.state,
+            "dataset_index": self._dataset_index,
+            "t": self._t,
+            "mask": self._mask.tolist(),
+            "last": self._last.tolist(),
+        }
+
+    def set_state(self, state: dict) -> None:
+        self.np_random.bit_generator.state = state["rng"]
+        self._dataset_index = int(state["dataset_index"])
+        self._t = int(state["t"])
+        self._mask = np.asarray(state["mask"], dtype=np.float32)
+        self._last = np.asarray(state["last"], dtype=np.float32)

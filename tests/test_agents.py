@@ -1,0 +1,201 @@
+"""The PPO agent: a short training run, its artefacts, TensorBoard tags, resume after kill -9, replay."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from memrl.agents.config import TrainConfig
+from memrl.errors import MemrlError
+
+TINY = {"finetune": {"steps": 2, "batch_size": 8, "n_mem": 2, "n_repeats": 2, "data_size_ratio": 0.1}, "gens_per_prompt": 2, "n_fid_samples": 8, "inference_steps": 2, "noise_norm_timesteps": [500], "noise_norm_draws": 1}
+
+
+def tiny_config(model_dir: Path, total: int = 8, **train) -> dict:
+    t = {"total_timesteps": total, "seed": 0, "checkpoint_every": 4, "heldout_datasets": ["mirrored"], "random_masks": 1, "final_pictures": True}
+    t.update(train)
+    return {
+        "env": {"pretrained": str(model_dir), "datasets": ["inverted", "thick"], "preset": "quick", "eval_overrides": TINY},
+        "ppo": {"n_steps": 4, "batch_size": 4, "n_epochs": 2},
+        "train": t,
+    }
+
+
+def rows(run: Path) -> list[dict]:
+    with open(run / "evaluations.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained_run(quick_model_dir, tmp_path_factory):
+    from memrl.agents.train import train
+
+    run = tmp_path_factory.mktemp("runs") / "run"
+    summary = train(TrainConfig.from_dict(tiny_config(quick_model_dir[0])), run, progress=False, echo=lambda s: None)
+    return run, summary
+
+
+@pytest.mark.slow
+def test_short_run_writes_every_artefact(trained_run):
+    run, summary = trained_run
+    for name in ("policy.zip", "best_mask.json", "evaluations.csv", "pareto.csv", "policy_eval.json", "descriptor.json", "config.yaml", "evaluations.sqlite", "checkpoint/policy.zip", "best/samples.png", "best/nearest_neighbours.png"):
+        assert (run / name).exists(), name
+    rs = rows(run)
+    assert len(rs) == 8 and [int(r["step"]) for r in rs] == list(range(1, 9))
+    assert {r["dataset"] for r in rs} <= {"inverted", "thick"}
+    assert all(np.isfinite(float(r["reward"])) for r in rs)
+    best = json.loads((run / "best_mask.json").read_text())
+    assert best["metrics"]["reward"] == pytest.approx(max(float(r["reward"]) for r in rs))
+    assert set(best["mask_units"]) <= set(best["units"]) and best["method"] == "lora"
+    pe = json.loads((run / "policy_eval.json").read_text())
+    assert set(pe) == {"inverted", "thick", "mirrored"} and pe["mirrored"]["heldout"] is True
+    assert summary["env_steps"] == 8
+
+
+@pytest.mark.slow
+def test_tensorboard_tags(trained_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run, _ = trained_run
+    acc = EventAccumulator(str(run / "tb" / "memrl"), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    for t in ("eval/reward", "eval/fid", "eval/kid", "eval/nn_own_rate", "eval/replication_rate", "eval/noise_norm_mean", "eval/trainable_pct", "eval/best_reward", "eval/cache_hit_rate"):
+        assert t in tags["scalars"], t
+    for t in ("masks/bit_frequency", "pareto/scatter", "best/samples", "best/nearest_neighbours"):
+        assert t in tags["images"], t
+    assert len(acc.Scalars("eval/reward")) == 8
+    ppo_dirs = list((run / "tb").glob("ppo_*"))
+    assert ppo_dirs, "SB3's own PPO scalars are logged too"
+
+
+@pytest.mark.slow
+def test_existing_run_needs_resume(trained_run, quick_model_dir):
+    from memrl.agents.train import train
+
+    run, _ = trained_run
+    with pytest.raises(MemrlError, match="--resume"):
+        train(TrainConfig.from_dict(tiny_config(quick_model_dir[0])), run, progress=False)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_keeps_finished_evaluations(quick_model_dir, tmp_path):
+    """kill -9 a training subprocess after a checkpoint, resume, and check nothing finished is redone."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(quick_model_dir[0], total=16, random_masks=0, final_pictures=False, heldout_datasets=[])))
+    run = tmp_path / "run"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    cmd = [sys.executable, "-m", "memrl.cli", "train", "--config", str(cfg), "--out", str(run), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    # wait until a checkpoint exists and at least one evaluation after it is recorded
+    while time.time() < deadline:
+        if (run / "checkpoint" / "state.pkl").is_file() and (run / "evaluations.csv").is_file() and len(rows(run)) >= 6:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = rows(run)
+    assert 6 <= len(before) < 16
+    out = subprocess.run([sys.executable, "-m", "memrl.cli", "train", "--out", str(run), "--resume", "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "resuming" in out.stdout
+    after = rows(run)
+    assert [int(r["step"]) for r in after] == list(range(1, 17))
+    # the same masks were proposed again (every RNG restored) and finished ones came from the cache
+    n_done = len(before)
+    for a, b in zip(before[:n_done], after[:n_done]):
+        assert (a["dataset"], a["mask_bits"], a["reward"]) == (b["dataset"], b["mask_bits"], b["reward"])
+    ckpt_rows = [r for r in after[:n_done] if r["cached"] == "True"]
+    assert ckpt_rows, "replayed evaluations after the checkpoint must be cache hits"
+
+
+@pytest.mark.slow
+def test_replay_on_image_folder(trained_run, tmp_path):
+    from PIL import Image
+
+    from memrl.agents.replay import replay
+    from memrl.data import digits
+    from memrl.models.pipeline import DiffusionModel
+
+    run, _ = trained_run
+    src = digits.variant_splits("mirrored")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    lines = ["file_name,caption"]
+    for i in range(40):
+        img = ((src.train.images[i, 0].numpy() + 1) * 127.5).clip(0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"img{i}.png")
+        lines.append(f"img{i}.png,\"{src.train.captions[i]}\"")
+    (folder / "metadata.csv").write_text("\n".join(lines) + "\n")
+    out = tmp_path / "replay"
+    rep = replay(run / "policy.zip", str(folder), out, progress=False)
+    assert rep["search_evaluations"] == 0
+    assert rep["stage2"]["n_repeats"] == 1
+    for k in ("fid", "nn_own_rate", "reward"):
+        assert k in rep["metrics"]
+    assert "fid" in rep["full_finetune"]
+    assert (out / "report.json").is_file() and (out / "samples.png").is_file()
+    m = DiffusionModel.from_pretrained(out / "model")
+    x = m.generate(["digit 3"], num_inference_steps=2, seed=0)
+    assert x.shape == (1, 1, 16, 16)
+
+
+@pytest.mark.slow
+def test_replay_rejects_policy_for_other_unit_count(trained_run, tmp_path):
+    from memrl.agents.replay import replay
+    from memrl.models.tiny import TinyModelConfig
+    from memrl.training.pretrain import PretrainConfig, pretrain
+
+    run, _ = trained_run
+    other = tmp_path / "other"
+    small = TinyModelConfig(block_out_channels=(32, 64), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"))
+    pretrain(PretrainConfig.quick(steps=2, feature_epochs=1, eval_samples_per_digit=2, eval_inference_steps=2, model=small), other, progress=False)
+    with pytest.raises(MemrlError, match="trained for 7 units"):
+        replay(run / "policy.zip", "inverted", tmp_path / "r", pretrained=str(other), progress=False)
+
+
+def test_replay_bad_inputs(tmp_path):
+    from memrl.agents.replay import replay
+
+    with pytest.raises(MemrlError, match="policy file"):
+        replay(tmp_path / "nope.zip", "inverted", tmp_path / "o")
+    (tmp_path / "p.zip").write_bytes(b"not a zip")
+    with pytest.raises(MemrlError, match="config.yaml"):
+        replay(tmp_path / "p.zip", "inverted", tmp_path / "o")
+
+
+def test_train_config_errors(tmp_path):
+    with pytest.raises(MemrlError, match="unknown section"):
+        TrainConfig.from_dict({"envs": {}})
+    with pytest.raises(MemrlError, match="unknown field"):
+        TrainConfig.from_dict({"train": {"total_steps": 3}})
+    with pytest.raises(MemrlError, match="not found"):
+        TrainConfig.load(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("env: [unclosed")
+    with pytest.raises(MemrlError, match="not valid YAML"):
+        TrainConfig.load(bad)
+
+
+def test_cli_help_lists_every_flag():
+    from memrl.cli import build_parser
+
+    p = build_parser()
+    for cmd in ("train", "replay"):
+        sub = p._subparsers._group_actions[0].choices[cmd]
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{cmd} {action.option_strings} has no help"
