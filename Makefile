@@ -22,9 +22,16 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -ra
 
+RUN ?= runs/demo
+
+# The main job on the embedded default: pretrain once (~11 min on 2 cores), train the selection
+# agent (experiments/digits.yaml, ~15 min; an interrupted run resumes), replay it on a held-out variant.
 demo: $(STAMP)
 	test -f $(MODEL)/pretrain_metrics.json || $(VENV)/bin/memrl pretrain --out $(MODEL)
-	$(VENV)/bin/memrl sample --model $(MODEL) --prompt "digit 0" --prompt "digit 1" --prompt "digit 2" --prompt "digit 3" --prompt "digit 4" --prompt "digit 5" --prompt "digit 6" --prompt "digit 7" --prompt "digit 8" --prompt "digit 9" -n 8 --out runs/demo/samples.png
+	if [ -f $(RUN)/config.yaml ]; then $(VENV)/bin/memrl train --out $(RUN) --resume; \
+	else $(VENV)/bin/memrl train --config experiments/digits.yaml --out $(RUN) --pretrained $(MODEL); fi
+	$(VENV)/bin/memrl replay --policy $(RUN)/policy.zip --dataset mirrored --out $(RUN)/replay-mirrored
+	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(RUN)/tb"
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

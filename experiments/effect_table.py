@@ -26,18 +26,26 @@ from memrl.utils.io import write_json_atomic, write_text_atomic
 COLUMNS = ("fid", "kid", "nn_own_rate", "replication_rate", "extraction_rate", "noise_norm_mean", "trainable_fraction", "reward")
 
 
+def named_masks(units: tuple[str, ...]) -> dict[str, str]:
+    """Partial masks by name: the whole up path, its last two blocks, its last block."""
+    up = [u for u in units if u.startswith("up_blocks")]
+    blocks = sorted({".".join(u.split(".")[:2]) for u in up})
+    last2 = [u for u in up if ".".join(u.split(".")[:2]) in blocks[-2:]]
+    last = [u for u in up if ".".join(u.split(".")[:2]) == blocks[-1]]
+    return {"up": ",".join(up), "up (last 2 blocks)": ",".join(last2), "up (last block)": ",".join(last)}
+
+
 def rows_for(units: tuple[str, ...], methods: list[str]) -> list[tuple[str, str, str]]:
-    down_mid = ",".join(u for u in units if u.startswith(("down_blocks", "mid_block")))
-    up = ",".join(u for u in units if u.startswith("up_blocks"))
-    mid = ",".join(u for u in units if u.startswith("mid_block"))
-    rows = [("base (no fine-tuning)", "full", "none"), ("full", "full", "all")]
+    nm = named_masks(units)
+    rows = [("base (no fine-tuning)", "full", "none"), ("full", "full", "all"), ("full", "full", nm["up (last 2 blocks)"]), ("full", "full", nm["up (last block)"])]
     for m in methods:
-        rows += [(m, m, "all"), (m, m, down_mid), (m, m, up), (m, m, mid)]
+        rows += [(m, m, "all"), (m, m, nm["up"]), (m, m, nm["up (last 2 blocks)"])]
     return rows
 
 
-def mask_label(spec: str, down_mid: str, up: str, mid: str) -> str:
-    return {"all": "all", "none": "none", down_mid: "down+mid", up: "up", mid: "mid"}.get(spec, spec)
+def mask_label(spec: str, units: tuple[str, ...]) -> str:
+    names = {v: k for k, v in named_masks(units).items()}
+    return names.get(spec, spec)
 
 
 def main() -> int:
@@ -49,27 +57,25 @@ def main() -> int:
     ap.add_argument("--preset", default="default", help="evaluation preset")
     ap.add_argument("--cache", default="runs/effect/evaluations.sqlite", help="evaluation cache (resumable)")
     ap.add_argument("--out", default="experiments/results/effect_table", help="output prefix (.md and .json)")
+    ap.add_argument("--granularity", default="block", help="maskable units: block (default here: the tiny model has no attention at 16x16), attention, attention+resnet")
     ap.add_argument("--device", default="cpu", help="torch device")
     args = ap.parse_args()
 
-    ev = Evaluator(args.model, device=args.device, cache=args.cache)
+    ev = Evaluator(args.model, device=args.device, cache=args.cache, granularity=args.granularity)
     data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels)
     units = ev.units
-    down_mid = ",".join(u for u in units if u.startswith(("down_blocks", "mid_block")))
-    up = ",".join(u for u in units if u.startswith("up_blocks"))
-    mid = ",".join(u for u in units if u.startswith("mid_block"))
     plan = rows_for(units, args.methods)
     raw: dict[str, list[dict]] = {}
     t0 = time.time()
     for seed in args.seeds:
         for label, method, spec in plan:
-            key = f"{label} | {mask_label(spec, down_mid, up, mid)}"
+            key = f"{label} | {mask_label(spec, units)}"
             r = ev.evaluate(data, method, spec, preset(args.preset), seed=seed)
             raw.setdefault(key, []).append({k: r[k] for k in (*COLUMNS, "lr", "trainable_params", "seed", "cached", "seconds")})
             print(f"[{time.time() - t0:7.1f}s] seed {seed} {key:<34} fid {r['fid']:8.2f} nn_own {r['nn_own_rate']:.3f} repl {r['replication_rate']:.3f} reward {r['reward']:.3f}{' (cached)' if r['cached'] else ''}", flush=True)
 
     lines = [
-        f"Dataset `{data.name}`, preset `{args.preset}`, seeds {args.seeds} (mean ± std over seeds). "
+        f"Dataset `{data.name}`, units `{args.granularity}`, preset `{args.preset}`, seeds {args.seeds} (mean ± std over seeds). "
         f"Lower is better for every metric except reward.",
         "",
         "| method | mask | lr | trainable % | FID | KID | nn_own_rate | replication | extraction | noise norm | reward |",

@@ -100,9 +100,10 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     ckpt = load_checkpoint(run) if resume else None
     history = None
     if ckpt is not None:
-        model = PPO.load(ckpt["policy"], env=venv, device="cpu", tensorboard_log=str(run / "tb"))
+        model = PPO.load(ckpt["policy"], env=venv, device="cpu", force_reset=False, tensorboard_log=str(run / "tb"))
         for i, s in enumerate(ckpt["env_states"]):
             venv.env_method("set_state", s, indices=[i])
+        venv.set_attr("needs_reset", False)  # Monitor: the restored env is mid-run, not fresh
         restore_rng(ckpt)
         log.truncate(ckpt["rows"])
         history = ckpt["history"]

@@ -34,6 +34,9 @@ class EnvConfig:
     granularity: str = "attention"
     descriptor_components: int = 8
     failure_reward: float = -5.0
+    #: Put run-time facts in ``info`` (``cached``, ``seconds``, ``timings``). They differ between
+    #: two identical steps (the second is a cache hit), so strict determinism checks turn this off.
+    info_runtime: bool = True
 
     def __post_init__(self) -> None:
         if not self.datasets:

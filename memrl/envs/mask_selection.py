@@ -152,7 +152,7 @@ class MaskSelectionEnv(gym.Env):
         except MemrlError:
             raise
         except Exception as exc:  # a failed evaluation: recorded in the cache as failed, penalised here
-            info.update({"failed": True, "error": f"{type(exc).__name__}: {exc}", "cached": False})
+            info.update({"failed": True, "error": f"{type(exc).__name__}: {exc}"})
             reward = float(self.config.failure_reward)
             self._mask = bits.astype(np.float32)
             self._last = np.array([0, 0, 0, reward, self._t / self.config.horizon], dtype=np.float32)
@@ -160,6 +160,9 @@ class MaskSelectionEnv(gym.Env):
         reward = float(result["reward"])
         info.update({k: v for k, v in result.items() if k not in ("mask", "mask_units", "mask_bits", "dataset", "method")})
         info["failed"] = False
+        if not self.config.info_runtime:
+            for k in ("cached", "seconds", "timings"):
+                info.pop(k, None)
         self._mask = bits.astype(np.float32)
         self._last = np.array(
             [result["fid_norm"], result["mem_norm"], result["trainable_fraction"], reward, self._t / self.config.horizon],

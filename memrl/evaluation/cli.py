@@ -24,7 +24,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask", required=True, help="units to train: comma-separated unit names, a bit string, 'all' or 'none'")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's tuned default)")
     p.add_argument("--seed", type=int, default=0, help="seed for fine-tuning, sampling and metrics")
-    p.add_argument("--preset", default="default", choices=["quick", "default"], help="budget: default (~1 min on 2 cores) or quick (seconds)")
+    p.add_argument("--preset", default="default", choices=["quick", "search", "default"], help="budget: default (~1 min on 2 cores), search (~20 s, the agent's training budget) or quick (seconds)")
     p.add_argument("--dataset", default="inverted", help="built-in variant name, image folder or CSV of path + caption (default: inverted)")
     p.add_argument("--pretrained", "--model", dest="pretrained", default=DEFAULT_MODEL, help=f"pretrained model folder (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, help="folder for the sample grid and the nearest-neighbour picture (and result.json)")

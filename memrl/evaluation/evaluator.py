@@ -55,6 +55,19 @@ def _file_hash(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+#: Config fields added after EVAL_VERSION 1, with the value that reproduces version-1 behaviour:
+#: they enter the cache key only when set to something else, so existing caches stay valid.
+_LATER_FIELDS = {"fid_features": "feature_net"}
+
+
+def _key_config(cfg: EvalConfig) -> dict:
+    d = cfg.to_dict()
+    for k, default in _LATER_FIELDS.items():
+        if d.get(k) == default:
+            d.pop(k)
+    return d
+
+
 class Evaluator:
     """Loads a pretrained model folder once and evaluates masks on datasets."""
 
@@ -103,7 +116,7 @@ class Evaluator:
             "mask": mask.bitstring,
             "units": list(self.units),
             "lr": fcfg.resolved_lr() if fcfg.method == method else None,
-            "config": cfg.to_dict(),
+            "config": _key_config(cfg),
         }
 
     # ------------------------------------------------------------------ main entry
@@ -121,7 +134,7 @@ class Evaluator:
     ) -> dict:
         """Metrics (+ reward against the cached reference run) for one request."""
         mask = self.parse_mask(mask)
-        cfg = cfg.with_method(method, lr, cfg.finetune.seed if seed is None else seed)
+        cfg = self._own_units(cfg.with_method(method, lr, cfg.finetune.seed if seed is None else seed))
         result = self._cached_run(data, method, mask, cfg, out_dir, progress)
         if with_reward:
             ref = self.reference(data, cfg, progress=progress)
@@ -131,7 +144,7 @@ class Evaluator:
 
     def reference(self, data: DatasetSplits, cfg: EvalConfig, progress: bool = False) -> dict:
         """Full fine-tuning of the whole UNet with the same budget, data and seed (cached)."""
-        rcfg = cfg.with_method("full", None, cfg.finetune.seed)
+        rcfg = self._own_units(cfg.with_method("full", None, cfg.finetune.seed))
         return self._cached_run(data, "full", Mask.parse("all", self.units), rcfg, None, progress)
 
     def _cached_run(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig, out_dir, progress: bool) -> dict:  # noqa: ANN001
@@ -171,6 +184,7 @@ class Evaluator:
             )
         t0 = time.time()
         timings: dict[str, float] = {}
+        cfg = self._own_units(cfg)
         fcfg = cfg.finetune
         ft = finetune(self.model, data, mask, fcfg, progress=progress)
         timings["finetune"] = ft.seconds
@@ -190,7 +204,7 @@ class Evaluator:
 
         # -- quality
         t = time.time()
-        quality = self._fid_kid(data, fid_samples)
+        quality = self._fid_kid(data, fid_samples, cfg.fid_features)
         timings["fid_kid"] = time.time() - t
 
         # -- noise norm
@@ -258,6 +272,14 @@ class Evaluator:
         return result
 
     # ------------------------------------------------------------------ helpers
+    def _own_units(self, cfg: EvalConfig) -> EvalConfig:
+        """Fine-tune over this evaluator's units (its granularity), whatever the config said."""
+        from dataclasses import replace
+
+        if cfg.finetune.granularity == self.granularity:
+            return cfg
+        return replace(cfg, finetune=replace(cfg.finetune, granularity=self.granularity))
+
     @staticmethod
     def _centred_pixels(x: torch.Tensor) -> torch.Tensor:
         """Flattened pixels minus each image's mean: cosine is then the pixel correlation, which is
@@ -265,18 +287,25 @@ class Evaluator:
         f = x.flatten(1).double()
         return f - f.mean(dim=1, keepdim=True)
 
-    def _fid_kid(self, data: DatasetSplits, fake: torch.Tensor) -> dict:
+    def _fid_kid(self, data: DatasetSplits, fake: torch.Tensor, features: str = "feature_net") -> dict:
         """FID/KID with the real-set features computed once per dataset and reused."""
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
 
-        key = data.fingerprint()
+        if features not in ("feature_net", "inception"):
+            raise MemrlError(f"fid_features must be 'feature_net' or 'inception', got {features!r}")
+        key = (data.fingerprint(), features)
         real = data.heldout.images
         sub = min(50, real.shape[0], fake.shape[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if key not in self._real_stats:
-                feat = _Features(self.feature_net)
+                if features == "inception":
+                    from memrl.metrics.quality import InceptionFeatures
+
+                    feat = InceptionFeatures()
+                else:
+                    feat = _Features(self.feature_net)
                 fid = FrechetInceptionDistance(feature=feat, reset_real_features=False)
                 kid = KernelInceptionDistance(feature=feat, reset_real_features=False, subsets=50, subset_size=sub)
                 fid.update(real, real=True)

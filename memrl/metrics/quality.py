@@ -13,6 +13,8 @@ import torch
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 
+from memrl.errors import MemrlError
+
 
 class _Features(torch.nn.Module):
     """Wrap a feature network so torchmetrics feeds it our [-1, 1] float images unchanged."""
@@ -69,3 +71,42 @@ def fid_kid(
         "n_fake": int(fake.shape[0]),
         "feature_dim": feat.num_features,
     }
+
+
+class InceptionFeatures(torch.nn.Module):
+    """Inception-v3 pool features (torchmetrics' FID default) for [-1, 1] images of any channel count.
+
+    Needs ``torch-fidelity`` and its Inception weights available offline. memrl does not install
+    them (they pull torchvision, which breaks this stack on some machines); where they work, set
+    ``fid_features: inception`` in the evaluation config.
+    """
+
+    num_features = 2048
+
+    def __init__(self) -> None:
+        super().__init__()
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+            import torch_fidelity  # noqa: F401
+        except Exception as exc:  # noqa: BLE001 - ImportError or a broken torchvision
+            raise MemrlError(
+                "FID with Inception features needs the 'torch-fidelity' package (pip install 'torchmetrics[image]') "
+                "and its weights file pt_inception-2015-12-05-6726825d.pth in the torch hub cache "
+                f"(~/.cache/torch/hub/checkpoints) for offline use ({type(exc).__name__}: {exc}); "
+                "or use fid_features: feature_net (the default)"
+            ) from None
+        try:
+            self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"])
+        except Exception as exc:  # noqa: BLE001 - weights missing offline
+            raise MemrlError(
+                "Inception weights not found offline: place pt_inception-2015-12-05-6726825d.pth in "
+                f"~/.cache/torch/hub/checkpoints ({type(exc).__name__}: {exc})"
+            ) from None
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        u8 = ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return self.net(u8).reshape(x.shape[0], -1)

@@ -171,9 +171,15 @@ def pretrain(cfg: PretrainConfig, out: str | Path, progress: bool = True) -> dic
     with atomic_dir(out) as tmp:
         final.save_pretrained(tmp, extra_index={"memrl_pretrain": {"seed": cfg.seed, "steps": cfg.steps}})
         feature_net.save_pretrained(tmp / "feature_net")
-        save_grid(samples[:: max(1, cfg.eval_samples_per_digit // 8)][:80], tmp / "samples.png", nrow=8)
+        save_grid(digit_rows(samples, cfg.eval_samples_per_digit), tmp / "samples.png", nrow=min(8, cfg.eval_samples_per_digit))
         write_json_atomic(tmp / "pretrain_metrics.json", metrics)
     return metrics
+
+
+def digit_rows(samples: torch.Tensor, per_digit: int, n: int = 8) -> torch.Tensor:
+    """The first ``n`` samples of each digit (samples are digit-major), one row per digit."""
+    k = min(n, per_digit)
+    return samples.reshape(10, per_digit, *samples.shape[1:])[:, :k].reshape(10 * k, *samples.shape[1:])
 
 
 def _jsonable(x):  # noqa: ANN001, ANN202
