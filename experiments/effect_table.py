@@ -59,12 +59,18 @@ def main() -> int:
     ap.add_argument("--out", default="experiments/results/effect_table", help="output prefix (.md and .json)")
     ap.add_argument("--granularity", default="block", help="maskable units: block (default here: the tiny model has no attention at 16x16), attention, attention+resnet")
     ap.add_argument("--device", default="cpu", help="torch device")
+    ap.add_argument("--extra", nargs="*", default=[], metavar="METHOD:MASK", help="extra rows, e.g. a mask found by memrl train: difffit:up_blocks.1,up_blocks.2")
     args = ap.parse_args()
 
     ev = Evaluator(args.model, device=args.device, cache=args.cache, granularity=args.granularity)
     data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels)
     units = ev.units
     plan = rows_for(units, args.methods)
+    for item in args.extra:
+        method, _, spec = item.partition(":")
+        if not spec:
+            ap.error(f"--extra {item!r}: expected METHOD:MASK")
+        plan.append((method, method, str(ev.parse_mask(spec))))  # validates the mask, names its units
     raw: dict[str, list[dict]] = {}
     t0 = time.time()
     for seed in args.seeds:

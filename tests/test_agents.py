@@ -199,3 +199,29 @@ def test_cli_help_lists_every_flag():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"{cmd} {action.option_strings} has no help"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setup, msg", [("missing", "not found"), ("empty", "is empty"), ("nocol", "missing the caption column"), ("badimg", "cannot read image")])
+def test_replay_cli_bad_dataset_is_one_line_error(trained_run, tmp_path, capsys, setup, msg):
+    from memrl.cli import main
+
+    run, _ = trained_run
+    if setup == "missing":
+        spec = tmp_path / "nope"
+    elif setup == "empty":
+        spec = tmp_path / "empty"
+        spec.mkdir()
+    elif setup == "nocol":
+        spec = tmp_path / "x.csv"
+        spec.write_text("path,label\na.png,1\n")
+    else:
+        spec = tmp_path / "bad"
+        spec.mkdir()
+        (spec / "a.png").write_text("not an image")
+        (spec / "a.txt").write_text("digit 1")
+    out = tmp_path / "out"
+    assert main(["replay", "--policy", str(run / "policy.zip"), "--dataset", str(spec), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0] and err[0].startswith("memrl: error:"), err
+    assert not out.exists(), "a rejected input leaves nothing behind"

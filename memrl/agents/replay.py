@@ -80,6 +80,7 @@ def _save_peft_adapter(unet, folder: Path) -> None:  # noqa: ANN001
 def replay(policy: str | Path, dataset: str, out: str | Path, pretrained: str | None = None, n_repeats: int = 1, device: str = "cpu", progress: bool = True) -> dict:
     from memrl.data.loaders import load_dataset
     from memrl.evaluation import Evaluator
+    from memrl.evaluation.cache import EvalCache
     from memrl.evaluation.reward import reward as compute_reward
     from memrl.peft_masking import Mask
 
@@ -88,8 +89,7 @@ def replay(policy: str | Path, dataset: str, out: str | Path, pretrained: str | 
     model, cfg, basis = load_policy(policy)
     env_cfg = cfg.env
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    evaluator = Evaluator(pretrained or env_cfg.pretrained, device=device, cache=out / "evaluations.sqlite", granularity=env_cfg.granularity)
+    evaluator = Evaluator(pretrained or env_cfg.pretrained, device=device, granularity=env_cfg.granularity)
     n = len(evaluator.units)
     want_obs = basis.dim + n + N_METRICS
     got_obs = int(model.observation_space.shape[0])
@@ -101,6 +101,8 @@ def replay(policy: str | Path, dataset: str, out: str | Path, pretrained: str | 
             f"the model {evaluator.pretrained_dir} has {n} units (observation {want_obs}); use a policy trained on this model's units"
         )
     data = load_dataset(dataset, evaluator.model.image_size, evaluator.model.image_channels)
+    out.mkdir(parents=True, exist_ok=True)  # only once every input is known to be good
+    evaluator.cache = EvalCache(out / "evaluations.sqlite")
 
     # the policy's proposal: zero search evaluations
     desc = basis.describe(evaluator.feature_net, data)

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import random
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 
@@ -44,6 +46,19 @@ from memrl.utils.images import save_grid, save_pairs
 
 #: Bumped whenever a change to this code can change a result: it is part of every cache key.
 EVAL_VERSION = 1
+
+
+@contextmanager
+def preserved_rng():  # noqa: ANN201
+    """Run a block without changing the global torch / numpy / python random state."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
 
 
 def _file_hash(folder: Path) -> str:
@@ -176,7 +191,13 @@ class Evaluator:
         """Fine-tune from the pretrained weights and measure (no cache, no reward).
 
         ``on_finetuned(finetune_result)`` is called after the measurements (e.g. to save weights).
+        The caller's random state (torch, numpy, python) is left as it was: a fresh evaluation and
+        a cache hit must look the same to the code around them (PPO's sampling, resumed runs).
         """
+        with preserved_rng():
+            return self._run(data, method, mask, cfg, out_dir, progress, on_finetuned)
+
+    def _run(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig, out_dir, progress: bool, on_finetuned) -> dict:  # noqa: ANN001
         if data.image_shape != (self.model.image_channels, self.model.image_size, self.model.image_size):
             raise MemrlError(
                 f"dataset {data.name} has images {data.image_shape}, the model makes "

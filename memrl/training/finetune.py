@@ -26,10 +26,10 @@ from memrl.models.pipeline import DiffusionModel
 from memrl.peft_masking import Mask, apply_peft
 from memrl.training.losses import epsilon_loss
 
-#: Learning rates per method, tuned on the embedded default (experiments/effect_table.py --tune-lr).
-#: Per-method learning rates, coarse-tuned on the embedded default (inverted variant, default
-#: budget, seed 0; experiments/README.md): lora 3e-3 -> 1e-2 lowered FID 497 -> 383; difffit
-#: 1e-2 -> 3e-2 gave FID 289 -> 154 (block units); adapters with few parameters need larger steps.
+#: Per-method learning rates, coarse-tuned by hand-run probes on the embedded default (inverted
+#: variant, default budget, seed 0; experiments/README.md): difffit 1e-2 -> 3e-2 gave FID
+#: 289 -> 154 (block units); lora 3e-3 -> 1e-2 gave 497 -> 383 (attention units). Adapters with
+#: few parameters need larger steps to fit a new domain within the same budget.
 DEFAULT_LR = {
     "full": 5e-4,
     "attention": 2e-3,
