@@ -72,10 +72,22 @@ def main() -> int:
             ap.error(f"--extra {item!r}: expected METHOD:MASK")
         plan.append((method, method, str(ev.parse_mask(spec))))  # validates the mask, names its units
     raw: dict[str, list[dict]] = {}
+    out = Path(args.out)
+    # rows already in --out's JSON (same dataset, preset, seeds, units) are kept, not recomputed:
+    # the table can grow by --extra rows without redoing the rest (delete the file to redo all)
+    known: dict[str, list[dict]] = {}
+    if out.with_suffix(".json").is_file():
+        prev = json.loads(out.with_suffix(".json").read_text())
+        if (prev.get("dataset"), prev.get("preset"), prev.get("seeds"), prev.get("units")) == (data.name, args.preset, args.seeds, list(units)):
+            known = prev["results"]
+            print(f"reusing {len(known)} rows of {out.with_suffix('.json')}")
     t0 = time.time()
     for seed in args.seeds:
         for label, method, spec in plan:
             key = f"{label} | {mask_label(spec, units)}"
+            if key in known:
+                raw[key] = known[key]
+                continue
             r = ev.evaluate(data, method, spec, preset(args.preset), seed=seed)
             raw.setdefault(key, []).append({k: r[k] for k in (*COLUMNS, "lr", "trainable_params", "seed", "cached", "seconds")})
             print(f"[{time.time() - t0:7.1f}s] seed {seed} {key:<34} fid {r['fid']:8.2f} nn_own {r['nn_own_rate']:.3f} repl {r['replication_rate']:.3f} reward {r['reward']:.3f}{' (cached)' if r['cached'] else ''}", flush=True)
@@ -98,7 +110,6 @@ def main() -> int:
         )
     table = "\n".join(lines) + "\n"
     print(table)
-    out = Path(args.out)
     write_text_atomic(out.with_suffix(".md"), table)
     write_json_atomic(out.with_suffix(".json"), {"dataset": data.name, "preset": args.preset, "seeds": args.seeds, "units": list(units), "results": raw})
     return 0

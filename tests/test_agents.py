@@ -225,3 +225,19 @@ def test_replay_cli_bad_dataset_is_one_line_error(trained_run, tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and msg in err[0] and err[0].startswith("memrl: error:"), err
     assert not out.exists(), "a rejected input leaves nothing behind"
+
+
+@pytest.mark.slow
+def test_resume_extends_a_finished_run(trained_run, tmp_path):
+    import shutil
+
+    from memrl.agents.train import train
+
+    run, _ = trained_run
+    copy = tmp_path / "extended"
+    shutil.copytree(run, copy)
+    summary = train(None, copy, resume=True, progress=False, echo=lambda s: None, total_timesteps=12)
+    assert summary["env_steps"] == 12
+    assert [int(r["step"]) for r in rows(copy)] == list(range(1, 13))
+    assert rows(copy)[:8] == rows(run)
+    assert TrainConfig.load(copy / "config.yaml").train.total_timesteps == 12

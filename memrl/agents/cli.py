@@ -19,7 +19,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="YAML file with env / ppo / train sections (e.g. experiments/digits.yaml); not needed with --resume")
     p.add_argument("--out", required=True, help="run folder (must be new or empty unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint (finished evaluations come back from the cache)")
-    p.add_argument("--total-timesteps", type=int, default=None, help="override train.total_timesteps (env steps = evaluations)")
+    p.add_argument("--total-timesteps", type=int, default=None, help="override train.total_timesteps (env steps = evaluations); with --resume it extends a finished run to this many steps")
     p.add_argument("--pretrained", default=None, help="override env.pretrained (the base model folder)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_cmd_train)
@@ -61,7 +61,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from memrl.errors import MemrlError
 
         raise MemrlError("memrl train needs --config CFG (or --resume with --out of an existing run)")
-    train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    train(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_timesteps=args.total_timesteps if cfg is None else None)
     return 0
 
 

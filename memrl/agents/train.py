@@ -52,12 +52,18 @@ def build_vec_env(cfg: TrainConfig, env_cfg: EnvConfig, evaluator, basis: Descri
     return DummyVecEnv([lambda: Monitor(MaskSelectionEnv(env_cfg, evaluator=evaluator, basis=basis)) for _ in range(n)])
 
 
-def prepare_run(cfg: TrainConfig | None, run: Path, resume: bool) -> TrainConfig:
+def prepare_run(cfg: TrainConfig | None, run: Path, resume: bool, total_timesteps: int | None = None) -> TrainConfig:
     saved = run / "config.yaml"
     if resume:
         if not saved.is_file():
             raise MemrlError(f"cannot resume: {run} holds no run (no config.yaml); start it without --resume")
-        return TrainConfig.load(saved)
+        cfg = TrainConfig.load(saved)
+        if total_timesteps is not None and total_timesteps != cfg.train.total_timesteps:
+            if total_timesteps < 1:
+                raise MemrlError(f"--total-timesteps must be >= 1, got {total_timesteps}")
+            cfg.train.total_timesteps = int(total_timesteps)  # extend (or shorten) the run; recorded with it
+            cfg.save(saved)
+        return cfg
     if cfg is None:
         raise MemrlError("memrl train needs --config (or --resume of an existing run)")
     if run.exists() and any(run.iterdir()):
@@ -69,14 +75,19 @@ def prepare_run(cfg: TrainConfig | None, run: Path, resume: bool) -> TrainConfig
     return cfg
 
 
-def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progress: bool = True, echo=print) -> dict:  # noqa: ANN001
+def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progress: bool = True, echo=print, total_timesteps: int | None = None) -> dict:  # noqa: ANN001
+    """Run (or, with ``resume``, continue) ``memrl train``; returns the summary it prints.
+
+    ``total_timesteps`` with ``resume`` changes the saved run's length, e.g. to extend a finished
+    run: the continuation is the same as a run started with that length (every RNG is restored).
+    """
     from stable_baselines3 import PPO
     from torch.utils.tensorboard import SummaryWriter
 
     from memrl.evaluation import Evaluator
 
     run = Path(out)
-    cfg = prepare_run(cfg, run, resume)
+    cfg = prepare_run(cfg, run, resume, total_timesteps)
     env_cfg = cfg.env
 
     # 1. evaluator (one per process), descriptor basis (fitted once, saved with the run)
