@@ -164,7 +164,7 @@ def evaluator_mem_metric(env_cfg: EnvConfig) -> str:
 
 
 def compare_policy(model, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis, heldout: list[str], k_random: int, seed: int, progress: bool = False) -> dict:  # noqa: ANN001
-    """The policy's deterministic mask vs ``k_random`` uniformly random masks, per dataset.
+    """The policy's deterministic mask vs ``k_random`` distinct uniformly random masks, per dataset.
 
     Rewards come from the same evaluation code and cache as training. Held-out datasets were never
     seen during training: the policy only gets their descriptor.
@@ -182,10 +182,15 @@ def compare_policy(model, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis,
             action, _ = model.predict(obs, deterministic=True)
             obs, r, done, _, info = env.step(action)
             rewards.append(r)
-        rand = []
-        for _ in range(k_random):
+        rand, seen = [], set()
+        high = env.action_space.nvec if hasattr(env.action_space, "nvec") else 2
+        n_actions = int(np.prod(np.broadcast_to(high, env.action_space.shape)))
+        for _ in range(min(k_random, n_actions)):
+            a = rng.integers(0, high, size=env.action_space.shape)
+            while tuple(a.tolist()) in seen:  # distinct masks: a repeat would add no information
+                a = rng.integers(0, high, size=env.action_space.shape)
+            seen.add(tuple(a.tolist()))
             env.reset(options={"dataset": name})
-            a = rng.integers(0, env.action_space.nvec if hasattr(env.action_space, "nvec") else 2, size=env.action_space.shape)
             rand.append(env.step(a)[1])
         out[name] = {
             "heldout": name not in env_cfg.datasets,

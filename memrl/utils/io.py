@@ -11,6 +11,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _plain_mode(directory: bool = False) -> int:
+    """The mode a plain ``open``/``mkdir`` would give (temp files are private by default)."""
+    return (0o777 if directory else 0o666) & ~_umask()
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
     """Write JSON to a temporary file in the same folder, fsync, then rename over ``path``."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
@@ -26,6 +37,7 @@ def write_text_atomic(path: str | Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _plain_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -39,6 +51,7 @@ def atomic_dir(path: str | Path, overwrite: bool = True) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    os.chmod(tmp, _plain_mode(directory=True))
     try:
         yield tmp
     except BaseException:
