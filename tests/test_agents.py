@@ -241,3 +241,22 @@ def test_resume_extends_a_finished_run(trained_run, tmp_path):
     assert [int(r["step"]) for r in rows(copy)] == list(range(1, 13))
     assert rows(copy)[:8] == rows(run)
     assert TrainConfig.load(copy / "config.yaml").train.total_timesteps == 12
+
+
+@pytest.mark.slow
+def test_subprocess_envs_share_the_cache(quick_model_dir, tmp_path):
+    """n_envs 2 in SubprocVecEnv workers (1 torch thread each) writing one SQLite cache."""
+    from memrl.agents.train import train
+
+    cfg = tiny_config(quick_model_dir[0], total=8, n_envs=2, vec_env="subproc", random_masks=0, final_pictures=False, heldout_datasets=[])
+    run = tmp_path / "sub"
+    summary = train(TrainConfig.from_dict(cfg), run, progress=False, echo=lambda s: None)
+    rs = rows(run)
+    assert summary["env_steps"] == 8 and len(rs) == 8
+    assert sorted(int(r["step"]) for r in rs) == list(range(1, 9)) and {r["env"] for r in rs} == {"0", "1"}
+    import sqlite3
+
+    with sqlite3.connect(run / "evaluations.sqlite") as db:
+        n_ok = db.execute("select count(*) from evaluations where status = 'ok'").fetchone()[0]
+    # every distinct (dataset, mask) the workers evaluated is in the shared cache, + the references
+    assert n_ok >= len({(r["dataset"], r["mask_bits"]) for r in rs})

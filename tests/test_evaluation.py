@@ -56,6 +56,7 @@ def test_cache_answers_repeated_requests(evaluator):
     again = evaluator.evaluate(data, "attention", "none", cfg, seed=0)
     assert first["cached"] is False and again["cached"] is True
     assert again["reward"] == first["reward"]
+    assert again["computed_seconds"] == first["seconds"]  # the original cost stays on record
     assert first["trainable_params"] == 0
 
 

@@ -161,7 +161,7 @@ class MaskSelectionEnv(gym.Env):
         info.update({k: v for k, v in result.items() if k not in ("mask", "mask_units", "mask_bits", "dataset", "method")})
         info["failed"] = False
         if not self.config.info_runtime:
-            for k in ("cached", "seconds", "timings"):
+            for k in ("cached", "seconds", "computed_seconds", "timings"):
                 info.pop(k, None)
         self._mask = bits.astype(np.float32)
         self._last = np.array(
