@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,8 @@ def main() -> int:
     ap.add_argument("--out", default="experiments/results/effect_table", help="output prefix (.md and .json)")
     ap.add_argument("--granularity", default="block", help="maskable units: block (default here: the tiny model has no attention at 16x16), attention, attention+resnet")
     ap.add_argument("--device", default="cpu", help="torch device")
+    ap.add_argument("--finetune-steps", type=int, default=None, help="override the preset's fine-tuning steps (a longer or shorter budget for every row)")
+    ap.add_argument("--only", nargs="*", default=None, metavar="LABEL", help="keep only these standard rows, by 'method | mask label' (e.g. 'full | all'); --extra rows are always kept")
     ap.add_argument("--extra", nargs="*", default=[], metavar="METHOD:MASK", help="extra rows, e.g. a mask found by memrl train: difffit:up_blocks.1,up_blocks.2")
     args = ap.parse_args()
 
@@ -66,6 +69,12 @@ def main() -> int:
     data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels)
     units = ev.units
     plan = rows_for(units, args.methods)
+    if args.only is not None:
+        plan = [row for row in plan if f"{row[0]} | {mask_label(row[2], units)}" in args.only]
+    cfg = preset(args.preset)
+    if args.finetune_steps is not None:
+        cfg = replace(cfg, finetune=replace(cfg.finetune, steps=args.finetune_steps))
+    budget = f"{args.preset}" + (f", {args.finetune_steps} fine-tuning steps" if args.finetune_steps is not None else "")
     for item in args.extra:
         method, _, spec = item.partition(":")
         if not spec:
@@ -78,7 +87,7 @@ def main() -> int:
     known: dict[str, list[dict]] = {}
     if out.with_suffix(".json").is_file():
         prev = json.loads(out.with_suffix(".json").read_text())
-        if (prev.get("dataset"), prev.get("preset"), prev.get("seeds"), prev.get("units")) == (data.name, args.preset, args.seeds, list(units)):
+        if (prev.get("dataset"), prev.get("preset"), prev.get("seeds"), prev.get("units")) == (data.name, budget, args.seeds, list(units)):
             known = prev["results"]
             print(f"reusing {len(known)} rows of {out.with_suffix('.json')}")
     t0 = time.time()
@@ -88,12 +97,12 @@ def main() -> int:
             if key in known:
                 raw[key] = known[key]
                 continue
-            r = ev.evaluate(data, method, spec, preset(args.preset), seed=seed)
+            r = ev.evaluate(data, method, spec, cfg, seed=seed)
             raw.setdefault(key, []).append({k: r[k] for k in (*COLUMNS, "lr", "trainable_params", "seed", "cached", "seconds")})
             print(f"[{time.time() - t0:7.1f}s] seed {seed} {key:<34} fid {r['fid']:8.2f} nn_own {r['nn_own_rate']:.3f} repl {r['replication_rate']:.3f} reward {r['reward']:.3f}{' (cached)' if r['cached'] else ''}", flush=True)
 
     lines = [
-        f"Dataset `{data.name}`, units `{args.granularity}`, preset `{args.preset}`, seeds {args.seeds} (mean ± std over seeds). "
+        f"Dataset `{data.name}`, units `{args.granularity}`, preset `{budget}`, seeds {args.seeds} (mean ± std over seeds). "
         f"Lower is better for every metric except reward.",
         "",
         "| method | mask | lr | trainable % | FID | KID | nn_own_rate | replication | extraction | noise norm | reward |",
@@ -111,7 +120,7 @@ def main() -> int:
     table = "\n".join(lines) + "\n"
     print(table)
     write_text_atomic(out.with_suffix(".md"), table)
-    write_json_atomic(out.with_suffix(".json"), {"dataset": data.name, "preset": args.preset, "seeds": args.seeds, "units": list(units), "results": raw})
+    write_json_atomic(out.with_suffix(".json"), {"dataset": data.name, "preset": budget, "seeds": args.seeds, "units": list(units), "results": raw})
     return 0
 
 
