@@ -51,8 +51,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         ev.cache = EvalCache(f"{tmp}/cache.sqlite")
-        rcfg = ev._own_units(cfg)
-        req = ev.request(data, args.method, mask, rcfg)
+        req = ev.request(data, args.method, mask, cfg)
         ev.cache.put(request_key(req), req, r, total)
         t = time.time()
         hit = ev.evaluate(data, args.method, mask, cfg, seed=0, with_reward=False)

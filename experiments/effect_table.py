@@ -49,6 +49,11 @@ def mask_label(spec: str, units: tuple[str, ...]) -> str:
     return names.get(spec, spec)
 
 
+def row_key(label: str, spec: str, units: tuple[str, ...]) -> str:
+    """A table row's name, e.g. ``difffit | up (last 2 blocks)``."""
+    return f"{label} | {mask_label(spec, units)}"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="runs/digits-base", help="pretrained model folder")
@@ -70,7 +75,7 @@ def main() -> int:
     units = ev.units
     plan = rows_for(units, args.methods)
     if args.only is not None:
-        plan = [row for row in plan if f"{row[0]} | {mask_label(row[2], units)}" in args.only]
+        plan = [(label, method, spec) for label, method, spec in plan if row_key(label, spec, units) in args.only]
     cfg = preset(args.preset)
     if args.finetune_steps is not None:
         cfg = replace(cfg, finetune=replace(cfg.finetune, steps=args.finetune_steps))
@@ -93,7 +98,7 @@ def main() -> int:
     t0 = time.time()
     for seed in args.seeds:
         for label, method, spec in plan:
-            key = f"{label} | {mask_label(spec, units)}"
+            key = row_key(label, spec, units)
             if key in known:
                 raw[key] = known[key]
                 continue

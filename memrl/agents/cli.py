@@ -53,15 +53,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig.load(args.config) if args.config else None
     if cfg is not None:
-        if args.total_timesteps is not None:
-            cfg.train.total_timesteps = args.total_timesteps
         if args.pretrained:
             cfg.env.pretrained = args.pretrained
     elif not args.resume:
         from memrl.errors import MemrlError
 
         raise MemrlError("memrl train needs --config CFG (or --resume with --out of an existing run)")
-    train(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_timesteps=args.total_timesteps if cfg is None else None)
+    train(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_timesteps=args.total_timesteps)
     return 0
 
 

@@ -52,6 +52,12 @@ def build_vec_env(cfg: TrainConfig, env_cfg: EnvConfig, evaluator, basis: Descri
     return DummyVecEnv([lambda: Monitor(MaskSelectionEnv(env_cfg, evaluator=evaluator, basis=basis)) for _ in range(n)])
 
 
+def _checked_total(n: int) -> int:
+    if n < 1:
+        raise MemrlError(f"--total-timesteps must be >= 1, got {n}")
+    return int(n)
+
+
 def prepare_run(cfg: TrainConfig | None, run: Path, resume: bool, total_timesteps: int | None = None) -> TrainConfig:
     saved = run / "config.yaml"
     if resume:
@@ -59,13 +65,13 @@ def prepare_run(cfg: TrainConfig | None, run: Path, resume: bool, total_timestep
             raise MemrlError(f"cannot resume: {run} holds no run (no config.yaml); start it without --resume")
         cfg = TrainConfig.load(saved)
         if total_timesteps is not None and total_timesteps != cfg.train.total_timesteps:
-            if total_timesteps < 1:
-                raise MemrlError(f"--total-timesteps must be >= 1, got {total_timesteps}")
-            cfg.train.total_timesteps = int(total_timesteps)  # extend (or shorten) the run; recorded with it
+            cfg.train.total_timesteps = _checked_total(total_timesteps)  # extend (or shorten) the run
             cfg.save(saved)
         return cfg
     if cfg is None:
         raise MemrlError("memrl train needs --config (or --resume of an existing run)")
+    if total_timesteps is not None:
+        cfg.train.total_timesteps = _checked_total(total_timesteps)
     if run.exists() and any(run.iterdir()):
         raise MemrlError(f"{run} already holds a run; pass --resume to continue it, or choose another --out")
     run.mkdir(parents=True, exist_ok=True)
@@ -78,8 +84,9 @@ def prepare_run(cfg: TrainConfig | None, run: Path, resume: bool, total_timestep
 def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progress: bool = True, echo=print, total_timesteps: int | None = None) -> dict:  # noqa: ANN001
     """Run (or, with ``resume``, continue) ``memrl train``; returns the summary it prints.
 
-    ``total_timesteps`` with ``resume`` changes the saved run's length, e.g. to extend a finished
-    run: the continuation is the same as a run started with that length (every RNG is restored).
+    ``total_timesteps`` overrides ``cfg.train.total_timesteps`` (saved with the run); with
+    ``resume`` it changes the saved run's length, e.g. to extend a finished run: the continuation
+    is the same as a run started with that length (every RNG is restored).
     """
     from stable_baselines3 import PPO
     from torch.utils.tensorboard import SummaryWriter

@@ -25,7 +25,7 @@ import random
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +122,7 @@ class Evaluator:
     # ------------------------------------------------------------------ keys
     def request(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig) -> dict:
         """Everything that decides a result (the cache key's content)."""
+        cfg = self._own_units(cfg)
         fcfg = cfg.finetune
         return {
             "eval_version": EVAL_VERSION,
@@ -149,7 +150,7 @@ class Evaluator:
     ) -> dict:
         """Metrics (+ reward against the cached reference run) for one request."""
         mask = self.parse_mask(mask)
-        cfg = self._own_units(cfg.with_method(method, lr, cfg.finetune.seed if seed is None else seed))
+        cfg = cfg.with_method(method, lr, cfg.finetune.seed if seed is None else seed)
         result = self._cached_run(data, method, mask, cfg, out_dir, progress)
         if with_reward:
             ref = self.reference(data, cfg, progress=progress)
@@ -159,7 +160,7 @@ class Evaluator:
 
     def reference(self, data: DatasetSplits, cfg: EvalConfig, progress: bool = False) -> dict:
         """Full fine-tuning of the whole UNet with the same budget, data and seed (cached)."""
-        rcfg = self._own_units(cfg.with_method("full", None, cfg.finetune.seed))
+        rcfg = cfg.with_method("full", None, cfg.finetune.seed)
         return self._cached_run(data, "full", Mask.parse("all", self.units), rcfg, None, progress)
 
     def _cached_run(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig, out_dir, progress: bool) -> dict:  # noqa: ANN001
@@ -298,9 +299,10 @@ class Evaluator:
 
     # ------------------------------------------------------------------ helpers
     def _own_units(self, cfg: EvalConfig) -> EvalConfig:
-        """Fine-tune over this evaluator's units (its granularity), whatever the config said."""
-        from dataclasses import replace
+        """Fine-tune over this evaluator's units (its granularity), whatever the config said.
 
+        Applied where the granularity matters: the cache key (:meth:`request`) and the run itself.
+        """
         if cfg.finetune.granularity == self.granularity:
             return cfg
         return replace(cfg, finetune=replace(cfg.finetune, granularity=self.granularity))
