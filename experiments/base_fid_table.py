@@ -31,8 +31,8 @@ def main() -> int:
     lines = [
         f"Preset `{args.preset}`, seed {args.seed}; FID on the feature network's 64-d features against each variant's held-out images.",
         "",
-        "| variant | train images | held-out | base FID | base KID | full-FT FID | full-FT KID | base / full FID |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | train images | held-out | base FID | base KID | full-FT FID | full-FT KID | base / full FID | base nn_own_rate | full-FT nn_own_rate |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in builtin_names():
         data = load_dataset(name, ev.model.image_size, ev.model.image_channels)
@@ -40,7 +40,8 @@ def main() -> int:
         full = ev.evaluate(data, "full", "all", preset(args.preset), seed=args.seed, with_reward=False)
         lines.append(
             f"| {name} | {len(data.train)} | {len(data.heldout)} | {base['fid']:.2f} | {base['kid']:.3f} | "
-            f"{full['fid']:.2f} | {full['kid']:.3f} | {base['fid'] / max(full['fid'], 1e-9):.1f}x |"
+            f"{full['fid']:.2f} | {full['kid']:.3f} | {base['fid'] / max(full['fid'], 1e-9):.1f}x | "
+            f"{base['nn_own_rate']:.3f} | {full['nn_own_rate']:.3f} |"
         )
         print(lines[-1], flush=True)
     table = "\n".join(lines) + "\n"

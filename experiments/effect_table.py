@@ -54,6 +54,36 @@ def row_key(label: str, spec: str, units: tuple[str, ...]) -> str:
     return f"{label} | {mask_label(spec, units)}"
 
 
+def versus_full(raw: dict[str, list[dict]], fid_ratio: float = 1.2, cut: float = 0.5) -> list[str]:
+    """Each row against full fine-tuning (``full | all``): FID ratio and nn_own_rate cut of the
+    seed means, and on how many seeds the row alone met both bars (MemControl's criterion)."""
+    full = raw.get("full | all")
+    if not full:
+        return []
+    out = [
+        f"Against full fine-tuning (ratio of seed means; last column: seeds on which the row had FID <= {fid_ratio}x full's and >= {100 * cut:.0f}% lower nn_own_rate):",
+        "",
+        "| method | mask | FID vs full | nn_own_rate cut vs full | seeds meeting both |",
+        "|---|---|---|---|---|",
+    ]
+    f_fid = np.mean([r["fid"] for r in full])
+    f_mem = np.mean([r["nn_own_rate"] for r in full])
+    by_seed = {r["seed"]: r for r in full}
+    for key, rs in raw.items():
+        if key == "full | all":
+            continue
+        met = sum(
+            r["fid"] <= fid_ratio * by_seed[r["seed"]]["fid"] and r["nn_own_rate"] <= (1 - cut) * by_seed[r["seed"]]["nn_own_rate"]
+            for r in rs
+            if r["seed"] in by_seed
+        )
+        label, mlabel = key.split(" | ")
+        ratio = np.mean([r["fid"] for r in rs]) / f_fid
+        reduction = 1 - np.mean([r["nn_own_rate"] for r in rs]) / max(f_mem, 1e-9)
+        out.append(f"| {label} | {mlabel} | {ratio:.2f}x | {100 * reduction:.0f}% | {met}/{len(rs)} |")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="runs/digits-base", help="pretrained model folder")
@@ -122,6 +152,7 @@ def main() -> int:
             + " | ".join(f"{ms[c][0]:.3f} ± {ms[c][1]:.3f}" if c != "fid" else f"{ms[c][0]:.2f} ± {ms[c][1]:.2f}" for c in ("fid", "kid", "nn_own_rate", "replication_rate", "extraction_rate", "noise_norm_mean", "reward"))
             + " |"
         )
+    lines += ["", *versus_full(raw)]
     table = "\n".join(lines) + "\n"
     print(table)
     write_text_atomic(out.with_suffix(".md"), table)

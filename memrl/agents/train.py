@@ -189,7 +189,7 @@ def compare_policy(model, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis,
             action, _ = model.predict(obs, deterministic=True)
             obs, r, done, _, info = env.step(action)
             rewards.append(r)
-        rand, seen = [], set()
+        rand, rand_details, seen = [], [], set()
         high = env.action_space.nvec if hasattr(env.action_space, "nvec") else 2
         n_actions = int(np.prod(np.broadcast_to(high, env.action_space.shape)))
         for _ in range(min(k_random, n_actions)):
@@ -198,7 +198,9 @@ def compare_policy(model, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis,
                 a = rng.integers(0, high, size=env.action_space.shape)
             seen.add(tuple(a.tolist()))
             env.reset(options={"dataset": name})
-            rand.append(env.step(a)[1])
+            _, r, _, _, rinfo = env.step(a)
+            rand.append(r)
+            rand_details.append({"mask": rinfo.get("mask"), "reward": float(r), "fid": rinfo.get("fid"), "nn_own_rate": rinfo.get("nn_own_rate")})
         out[name] = {
             "heldout": name not in env_cfg.datasets,
             "policy_mask": info.get("mask"),
@@ -208,6 +210,9 @@ def compare_policy(model, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis,
             "random_reward_mean": float(np.mean(rand)) if rand else None,
             "random_reward_std": float(np.std(rand)) if rand else None,
             "random_masks": len(rand),
+            "random": rand_details,
+            "full_finetune_fid": (info.get("reference") or {}).get("fid"),
+            "full_finetune_nn_own_rate": (info.get("reference") or {}).get("nn_own_rate"),
         }
     return out
 

@@ -27,9 +27,8 @@ from memrl.peft_masking import Mask, apply_peft
 from memrl.training.losses import epsilon_loss
 
 #: Per-method learning rates, coarse-tuned by hand-run probes on the embedded default (inverted
-#: variant, default budget, seed 0; experiments/README.md), e.g. lora on all attention units:
-#: 3e-3 -> 1e-2 lowered FID 497 -> 383. Adapters with few parameters need larger steps to fit a
-#: new domain within the same budget.
+#: variant, default budget, seed 0; experiments/README.md). Adapters with few parameters need
+#: larger steps to fit a new domain within the same budget.
 DEFAULT_LR = {
     "full": 5e-4,
     "attention": 2e-3,
