@@ -39,7 +39,7 @@ def main() -> int:
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     t = time.time()
-    r = ev.run(data, args.method, mask, cfg)
+    r = ev.run(data, mask, cfg)
     total = time.time() - t
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
@@ -51,7 +51,7 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         ev.cache = EvalCache(f"{tmp}/cache.sqlite")
-        req = ev.request(data, args.method, mask, cfg)
+        req = ev.request(data, mask, cfg)
         ev.cache.put(request_key(req), req, r, total)
         t = time.time()
         hit = ev.evaluate(data, args.method, mask, cfg, seed=0, with_reward=False)

@@ -15,16 +15,21 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 
 from memrl.data.loaders import load_dataset
 from memrl.evaluation import Evaluator, preset
+from memrl.evaluation.cache import request_key
+from memrl.metrics.names import QUALITY_METRICS, SUMMARY_METRICS
 from memrl.utils.io import write_json_atomic, write_text_atomic
 
-COLUMNS = ("fid", "kid", "nn_own_rate", "replication_rate", "extraction_rate", "noise_norm_mean", "trainable_fraction", "reward")
+#: what the table prints per row, in print order (the metric names come from memrl.metrics.names)
+METRICS = (*QUALITY_METRICS, "nn_own_rate", "replication_rate", "extraction_rate", "noise_norm_mean", "reward")
+assert set(METRICS) <= {*SUMMARY_METRICS, "reward"}
+COLUMNS = (*METRICS, "trainable_fraction")
 
 
 def named_masks(units: tuple[str, ...]) -> dict[str, str]:
@@ -117,24 +122,38 @@ def main() -> int:
         plan.append((method, method, str(ev.parse_mask(spec))))  # validates the mask, names its units
     raw: dict[str, list[dict]] = {}
     out = Path(args.out)
-    # rows already in --out's JSON (same dataset, preset, seeds, units) are kept, not recomputed:
-    # the table can grow by --extra rows without redoing the rest (delete the file to redo all)
-    known: dict[str, list[dict]] = {}
+    # rows already in --out's JSON are kept, not recomputed, when their full request matches
+    # (model, feature network, data, method, trained units, lr, budget, seed, library versions,
+    # reference run and reward settings): the table can grow by --extra rows without redoing the
+    # rest, and a changed model or config never reprints a stale row (delete the file to redo all)
+    known: dict[str, dict] = {}
     if out.with_suffix(".json").is_file():
         prev = json.loads(out.with_suffix(".json").read_text())
-        if (prev.get("dataset"), prev.get("preset"), prev.get("seeds"), prev.get("units")) == (data.name, budget, args.seeds, list(units)):
-            known = prev["results"]
-            print(f"reusing {len(known)} rows of {out.with_suffix('.json')}")
+        known = {r["reuse_key"]: r for rs in prev.get("results", {}).values() for r in rs if "reuse_key" in r}
+    reused = 0
     t0 = time.time()
     for seed in args.seeds:
         for label, method, spec in plan:
-            key = row_key(label, spec, units)
-            if key in known:
-                raw[key] = known[key]
+            trained, empty = ev.effective_mask(method, ev.parse_mask(spec))
+            key = row_key(label, str(trained), units)  # labelled by the units actually trained
+            rcfg = cfg.with_method(method, None, seed)
+            reuse_key = request_key({
+                "row": ev.request(data, trained, rcfg),
+                "reference": ev.request(data, ev.parse_mask("all"), cfg.with_method("full", None, seed)),
+                "reward": asdict(cfg.reward),
+            })
+            if reuse_key in known:
+                raw.setdefault(key, []).append(known[reuse_key])
+                reused += 1
                 continue
             r = ev.evaluate(data, method, spec, cfg, seed=seed)
-            raw.setdefault(key, []).append({k: r[k] for k in (*COLUMNS, "lr", "trainable_params", "seed", "cached", "seconds")})
-            print(f"[{time.time() - t0:7.1f}s] seed {seed} {key:<34} fid {r['fid']:8.2f} nn_own {r['nn_own_rate']:.3f} repl {r['replication_rate']:.3f} reward {r['reward']:.3f}{' (cached)' if r['cached'] else ''}", flush=True)
+            row = {k: r[k] for k in (*COLUMNS, "lr", "trainable_params", "seed", "cached", "seconds")}
+            row.update({"units_trained": r["mask_units"], "empty_units": r["empty_units"], "reuse_key": reuse_key})
+            raw.setdefault(key, []).append(row)
+            note = f" (nothing to train in {', '.join(empty)})" if empty else ""
+            print(f"[{time.time() - t0:7.1f}s] seed {seed} {key:<34} fid {r['fid']:8.2f} nn_own {r['nn_own_rate']:.3f} repl {r['replication_rate']:.3f} reward {r['reward']:.3f}{' (cached)' if r['cached'] else ''}{note}", flush=True)
+    if reused:
+        print(f"reused {reused} rows of {out.with_suffix('.json')} (same full request)")
 
     lines = [
         f"Dataset `{data.name}`, units `{args.granularity}`, preset `{budget}`, seeds {args.seeds} (mean ± std over seeds). "
@@ -149,7 +168,7 @@ def main() -> int:
         lr = "-" if label.startswith("base") else f"{rs[0]['lr']:g}"
         lines.append(
             f"| {label} | {mlabel} | {lr} | {100 * ms['trainable_fraction'][0]:.2f} | "
-            + " | ".join(f"{ms[c][0]:.3f} ± {ms[c][1]:.3f}" if c != "fid" else f"{ms[c][0]:.2f} ± {ms[c][1]:.2f}" for c in ("fid", "kid", "nn_own_rate", "replication_rate", "extraction_rate", "noise_norm_mean", "reward"))
+            + " | ".join(f"{ms[c][0]:.3f} ± {ms[c][1]:.3f}" if c != "fid" else f"{ms[c][0]:.2f} ± {ms[c][1]:.2f}" for c in METRICS)
             + " |"
         )
     lines += ["", *versus_full(raw)]

@@ -6,7 +6,9 @@
     memrl train      train the PPO mask-selection agent
     memrl replay     apply a trained policy to a new dataset
 
-Errors in user input are printed as one line (``memrl: error: ...``) with exit status 2.
+Errors in user input are printed as one line (``memrl: error: ...``) with exit status 2; an
+evaluation that fails (e.g. a diverged fine-tune) as ``memrl: evaluation failed: ...`` with
+exit status 1.
 """
 
 from __future__ import annotations
@@ -161,13 +163,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries()
-    from memrl.errors import MemrlError
+    from memrl.errors import EvaluationFailed, MemrlError
 
     try:
         return int(args.func(args) or 0)
     except MemrlError as exc:
         print(f"memrl: error: {exc}", file=sys.stderr)
         return 2
+    except EvaluationFailed as exc:
+        print(f"memrl: evaluation failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("memrl: interrupted", file=sys.stderr)
         return 130

@@ -4,16 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from memrl.agents.config import TrainConfig
 from memrl.errors import MemrlError
@@ -86,40 +81,6 @@ def test_existing_run_needs_resume(trained_run, quick_model_dir):
     run, _ = trained_run
     with pytest.raises(MemrlError, match="--resume"):
         train(TrainConfig.from_dict(tiny_config(quick_model_dir[0])), run, progress=False)
-
-
-@pytest.mark.slow
-def test_resume_after_kill_keeps_finished_evaluations(quick_model_dir, tmp_path):
-    """kill -9 a training subprocess after a checkpoint, resume, and check nothing finished is redone."""
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(quick_model_dir[0], total=16, random_masks=0, final_pictures=False, heldout_datasets=[])))
-    run = tmp_path / "run"
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    cmd = [sys.executable, "-m", "memrl.cli", "train", "--config", str(cfg), "--out", str(run), "--no-progress"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 300
-    # wait until a checkpoint exists and at least one evaluation after it is recorded
-    while time.time() < deadline:
-        if (run / "checkpoint" / "state.pkl").is_file() and (run / "evaluations.csv").is_file() and len(rows(run)) >= 6:
-            break
-        if proc.poll() is not None:
-            pytest.fail(f"training exited early: {proc.stderr.read().decode()[-2000:]}")
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = rows(run)
-    assert 6 <= len(before) < 16
-    out = subprocess.run([sys.executable, "-m", "memrl.cli", "train", "--out", str(run), "--resume", "--no-progress"], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert "resuming" in out.stdout
-    after = rows(run)
-    assert [int(r["step"]) for r in after] == list(range(1, 17))
-    # the same masks were proposed again (every RNG restored) and finished ones came from the cache
-    n_done = len(before)
-    for a, b in zip(before[:n_done], after[:n_done]):
-        assert (a["dataset"], a["mask_bits"], a["reward"]) == (b["dataset"], b["mask_bits"], b["reward"])
-    ckpt_rows = [r for r in after[:n_done] if r["cached"] == "True"]
-    assert ckpt_rows, "replayed evaluations after the checkpoint must be cache hits"
 
 
 @pytest.mark.slow
@@ -258,5 +219,8 @@ def test_subprocess_envs_share_the_cache(quick_model_dir, tmp_path):
 
     with sqlite3.connect(run / "evaluations.sqlite") as db:
         n_ok = db.execute("select count(*) from evaluations where status = 'ok'").fetchone()[0]
+        counts = [c for (c,) in db.execute("select computations from evaluations where status = 'ok'")]
     # every distinct (dataset, mask) the workers evaluated is in the shared cache, + the references
     assert n_ok >= len({(r["dataset"], r["mask_bits"]) for r in rs})
+    # and each was computed once, though both workers' first steps needed the same reference run
+    assert counts and all(c == 1 for c in counts), counts

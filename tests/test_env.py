@@ -66,20 +66,27 @@ def test_extra_action_dims(evaluator):
 
 
 @pytest.mark.slow
-def test_check_env_gymnasium_and_sb3(evaluator):
+def test_check_env_gymnasium_and_sb3_on_the_default_config(quick_model_dir, tmp_path):
+    """Gymnasium's and SB3's own checkers on ``gymnasium.make`` with the default env config (only the
+    preset made ``quick``, and the quick test model as the base). Gymnasium compares the infos of
+    two identical steps, the second being a cache hit: run-time facts are not in the default info."""
     from gymnasium.utils.env_checker import check_env as gym_check
     from stable_baselines3.common.env_checker import check_env as sb3_check
 
-    # info_runtime=False: gymnasium compares the infos of two identical steps, and the second one
-    # is (correctly) a cache hit with other wall-clock seconds; observations and rewards must match.
-    env = make_env(evaluator, info_runtime=False)
+    config = {"pretrained": str(quick_model_dir[0]), "preset": "quick", "cache": str(tmp_path / "c.sqlite")}
+    assert set(config) - {"pretrained", "cache"} == {"preset"}
+    env = gymnasium.make(ENV_ID, config=config)
+    assert len(env.unwrapped.config.datasets) == len(EnvConfig().datasets)
     gym_check(env, skip_render_check=True)
-    sb3_check(make_env(evaluator), warn=True)
+    gym_check(env.unwrapped, skip_render_check=True)  # the raw env too, as gymnasium recommends (cache hits now)
+    sb3_check(env, warn=True)
+    _, _, _, _, info = env.step(env.action_space.sample())
+    assert "cached" not in info and "seconds" not in info
 
 
 @pytest.mark.slow
 def test_step_contract_info_and_cache(evaluator):
-    env = make_env(evaluator)
+    env = make_env(evaluator, info_runtime=True)
     obs, info = env.reset(seed=0, options={"dataset": "inverted"})
     action = np.array([1, 0, 0, 1, 0, 0, 0], dtype=np.int8)
     obs2, r, terminated, truncated, info = env.step(action)

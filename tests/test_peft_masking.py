@@ -9,14 +9,19 @@ from torch import nn
 from memrl.errors import MemrlError
 from memrl.models.tiny import TinyModelConfig, build_unet
 from memrl.peft_masking import (
+    GRANULARITIES,
+    METHOD_REGISTRY,
     METHODS,
     PEFT_ADAPTER_METHODS,
     Mask,
+    MethodSpec,
     adapter_state_dict,
     apply_peft,
     enumerate_units,
+    get_method,
     load_adapter_state_dict,
     peft_state_dict,
+    trainable_units,
     unit_of,
 )
 
@@ -272,3 +277,59 @@ def test_sd15_layout_has_16_attention_units():
         + [f"up_blocks.{b}.attentions.{i}" for b in range(1, 4) for i in range(3)]
     )
     assert units == expected and len(units) == 16
+
+
+# -- the method registry -------------------------------------------------------------------------
+def test_registry_is_the_single_source():
+    from memrl.training.finetune import DEFAULT_LR, FinetuneConfig
+
+    assert METHODS == tuple(METHOD_REGISTRY) == ("lora", "loha", "lokr", "oft", "attention", "difffit", "svdiff", "full")
+    assert PEFT_ADAPTER_METHODS == ("lora", "loha", "lokr", "oft")
+    for name, spec in METHOD_REGISTRY.items():
+        assert isinstance(spec, MethodSpec) and spec.name == name and get_method(name) is spec
+        assert spec.description and "\n" not in spec.description
+        assert spec.default_lr > 0 and DEFAULT_LR[name] == spec.default_lr
+        assert FinetuneConfig(method=name).resolved_lr() == spec.default_lr
+        assert FinetuneConfig(method=name, lr=0.123).resolved_lr() == 0.123
+        assert (spec.export is not None) == spec.peft_adapter == (name in PEFT_ADAPTER_METHODS)
+    assert get_method("lora").export == "diffusers-lora"
+    assert {get_method(m).export for m in ("loha", "lokr", "oft")} == {"peft"}
+    assert [n for n, s in METHOD_REGISTRY.items() if s.whole_unet_with_all_mask] == ["full"]
+    with pytest.raises(MemrlError, match="unknown PEFT method 'dora'; valid: lora, loha, lokr, oft, attention, difffit, svdiff, full"):
+        get_method("dora")
+    with pytest.raises(MemrlError, match="lora.*full"):
+        FinetuneConfig(method="dora").resolved_lr()
+    with pytest.raises(Exception):
+        get_method("lora").default_lr = 1.0  # frozen
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("method", METHODS)
+def test_trainable_units_agree_with_apply_peft(method, granularity):
+    units = enumerate_units(fresh_unet(), granularity)
+    can = trainable_units(fresh_unet(), units, method, granularity)
+    assert can == tuple(u for u in units if u in set(can))  # in the units' order
+    assert trainable_units(fresh_unet(), None, method, granularity) == can
+    result = apply_peft(fresh_unet(), Mask.parse("all", units), method, granularity=granularity)
+    assert can == tuple(u for u, n in result.per_unit.items() if n > 0)
+    if method in (*PEFT_ADAPTER_METHODS, "attention"):
+        # no attention projection, nothing to train: the 16x16 blocks (DownBlock2D, UpBlock2D), the resnets
+        no_attention = {"down_blocks.0", "up_blocks.2"} if granularity == "block" else {u for u in units if ".resnets." in u}
+        assert can == tuple(u for u in units if u not in no_attention)
+    else:
+        assert can == tuple(units)
+
+
+def test_trainable_units_subset_and_errors():
+    unet = fresh_unet()
+    blocks = enumerate_units(unet, "block")
+    assert trainable_units(unet, ["up_blocks.2", "down_blocks.0", "mid_block"], "lora", "block") == ("mid_block",)
+    assert trainable_units(unet, Mask.parse("down_blocks.0,up_blocks.1", blocks), "oft", "block") == ("up_blocks.1",)
+    assert trainable_units(unet, ["down_blocks.0"], "difffit", "block") == ("down_blocks.0",)
+    with pytest.raises(MemrlError, match="valid: down_blocks.0"):
+        trainable_units(unet, ["down_blocks.9"], "lora", "block")
+    with pytest.raises(MemrlError, match="unknown PEFT method"):
+        trainable_units(unet, None, "dora", "block")
+    # a UNet that already carries an adapter is inspected the same way
+    apply_peft(unet, Mask.parse("all", blocks), "lora", granularity="block")
+    assert trainable_units(unet, None, "lora", "block") == trainable_units(fresh_unet(), None, "lora", "block")

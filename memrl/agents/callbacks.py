@@ -16,17 +16,19 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from memrl.agents import plots
 from memrl.agents.records import EvaluationLog, info_to_row, write_best, write_pareto
+from memrl.metrics.names import SUMMARY_METRICS
 from memrl.utils.io import atomic_dir
 
-SCALARS = ("reward", "fid", "kid", "nn_own_rate", "replication_rate", "noise_norm_mean", "extraction_rate", "amd")
+SCALARS = ("reward", *SUMMARY_METRICS)
 
 
 class EvaluationRecordCallback(BaseCallback):
     """Writes every evaluation to ``evaluations.csv`` and TensorBoard; keeps best/pareto files current.
 
-    TensorBoard tags (``RUN/tb/memrl``): ``eval/<metric>`` per evaluation, ``eval/trainable_pct``,
-    ``eval/best_reward``, ``eval/cache_hit_rate``; figures ``masks/bit_frequency`` (heatmap over
-    rollouts) and ``pareto/scatter``.
+    TensorBoard tags (``RUN/tb/memrl``): ``eval/<metric>`` per successful evaluation,
+    ``eval/trainable_pct``, ``eval/best_reward``, ``eval/cache_hit_rate``, ``eval/failures`` (the
+    running count of failed evaluations; their penalised reward is in ``evaluations.csv``);
+    figures ``masks/bit_frequency`` (heatmap over rollouts) and ``pareto/scatter``.
     """
 
     def __init__(self, run_dir: Path, log: EvaluationLog, writer, units: list[str], mem_metric: str, history: dict | None = None) -> None:  # noqa: ANN001
@@ -41,6 +43,7 @@ class EvaluationRecordCallback(BaseCallback):
         best = log.best()
         self.best_reward = float(best["reward"]) if best else -np.inf
         self.n_cached = sum(1 for r in log.rows if str(r.get("cached")) == "True")
+        self.n_failed = sum(1 for r in log.rows if str(r.get("failed")) == "True")
 
     def _on_step(self) -> bool:
         infos = self.locals.get("infos", [])
@@ -54,7 +57,10 @@ class EvaluationRecordCallback(BaseCallback):
             self._rollout_bits.append(np.array([int(b) for b in info["mask_bits"]]))
             self.n_cached += int(bool(info.get("cached")))
             w = self.writer
-            if not info.get("failed"):
+            if info.get("failed"):
+                self.n_failed += 1
+                w.add_scalar("eval/failures", self.n_failed, step)
+            else:
                 for k in SCALARS:
                     v = float(r) if k == "reward" else info.get(k)
                     if v is not None:

@@ -52,6 +52,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from memrl.agents.train import train
 
     cfg = TrainConfig.load(args.config) if args.config else None
+    if args.resume:
+        _check_resume_matches(args, cfg)
     if cfg is not None:
         if args.pretrained:
             cfg.env.pretrained = args.pretrained
@@ -61,6 +63,66 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise MemrlError("memrl train needs --config CFG (or --resume with --out of an existing run)")
     train(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_timesteps=args.total_timesteps)
     return 0
+
+
+def _check_resume_matches(args: argparse.Namespace, given) -> None:  # noqa: ANN001
+    """``--resume`` continues the run saved in ``RUN/config.yaml``; refuse a ``--config`` or
+    ``--pretrained`` that says otherwise (it would be silently ignored), naming each field that
+    differs. The same values are fine. Without a saved config there is nothing to compare:
+    :func:`memrl.agents.train.train` then says the folder holds no run."""
+    from pathlib import Path
+
+    from memrl.agents.config import TrainConfig
+    from memrl.errors import MemrlError
+
+    saved_path = Path(args.out) / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = TrainConfig.load(saved_path)
+    diffs = []
+    if given is not None:
+        ours, theirs = given.to_dict(), saved.to_dict()
+        for section in ("env", "ppo", "train"):
+            for key in sorted(set(ours[section]) | set(theirs[section])):
+                a, b = ours[section].get(key), theirs[section].get(key)
+                if a == b or _resume_may_differ(section, key, a, args):
+                    continue
+                if section == "env" and key in ("pretrained", "cache") and a is not None and b is not None and _same_path(a, b):
+                    continue
+                diffs.append(f"{section}.{key} is {_short(a)} in {args.config} but {_short(b)} in the run")
+    if args.pretrained and not _same_path(args.pretrained, saved.env.pretrained):
+        diffs.append(f"--pretrained is {args.pretrained} but env.pretrained is {saved.env.pretrained} in the run")
+    if diffs:
+        hint = " (pass --total-timesteps to change the run's length)" if any(d.startswith("train.total_timesteps") for d in diffs) else ""
+        raise MemrlError(
+            f"cannot resume {args.out} with different settings: {'; '.join(diffs)}{hint}; a resumed run keeps "
+            f"the settings in {saved_path}: resume without --config/--pretrained, or start a new run with another --out"
+        )
+
+
+def _resume_may_differ(section: str, key: str, given, args: argparse.Namespace) -> bool:  # noqa: ANN001
+    """Fields a resumed run legitimately changes: the cache path memrl filled in (when the config
+    left it empty), ``env.pretrained`` when ``--pretrained`` replaces it (checked on its own), and
+    ``train.total_timesteps`` when ``--total-timesteps`` sets it."""
+    if section == "env" and key == "cache":
+        return given is None
+    if section == "env" and key == "pretrained":
+        return bool(args.pretrained)
+    if section == "train" and key == "total_timesteps":
+        return args.total_timesteps is not None
+    return False
+
+
+def _same_path(a: str, b: str) -> bool:
+    """Whether two path strings name the same file or folder (``runs/x`` and ``./runs/x/``)."""
+    from pathlib import Path
+
+    return a == b or Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _short(value) -> str:  # noqa: ANN001
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from memrl.envs.config import EnvConfig
 from memrl.errors import MemrlError
+from memrl.utils.config import ConfigError, check_fields
 
 #: PPO defaults suited to expensive, short (horizon 1) episodes: small rollouts, many epochs.
 DEFAULT_PPO = {
@@ -50,12 +51,49 @@ class TrainSettings:
     final_pictures: bool = True  # re-run the best mask once to log its sample grids
 
     def __post_init__(self) -> None:
+        where = "train config"
+        check_fields(self, where)  # types first: ``total_timesteps: "8"`` is one clear line
         if self.total_timesteps < 1:
-            raise MemrlError(f"train.total_timesteps must be >= 1, got {self.total_timesteps}")
+            raise ConfigError(where, f"'total_timesteps' must be >= 1, got {self.total_timesteps}")
         if self.vec_env not in ("dummy", "subproc"):
-            raise MemrlError(f"train.vec_env must be 'dummy' or 'subproc', got {self.vec_env!r}")
+            raise ConfigError(where, f"'vec_env' must be 'dummy' or 'subproc', got {self.vec_env!r}")
         if self.n_envs < 1:
-            raise MemrlError(f"train.n_envs must be >= 1, got {self.n_envs}")
+            raise ConfigError(where, f"'n_envs' must be >= 1, got {self.n_envs}")
+
+
+#: PPO keyword arguments memrl passes itself (``policy``, ``env``: the agent; the rest from
+#: ``train.seed`` and the run folder), so the ``ppo`` section may not set them.
+PPO_RESERVED = ("policy", "env", "seed", "tensorboard_log", "device", "verbose")
+
+
+def ppo_keywords() -> list[str]:
+    """The keyword arguments the ``ppo`` section may set: those of ``stable_baselines3.PPO``, less
+    :data:`PPO_RESERVED` and private ones (read from its signature, so new SB3 versions are followed)."""
+    import inspect
+
+    from stable_baselines3 import PPO
+
+    params = inspect.signature(PPO.__init__).parameters
+    skip = {"self", *PPO_RESERVED}
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return sorted(n for n, p in params.items() if n not in skip and not n.startswith("_") and p.kind in kinds)
+
+
+def check_ppo(ppo: object, source: str) -> dict:
+    """The ``ppo`` section as a dict of valid PPO keyword arguments; anything else is refused."""
+    if not isinstance(ppo, dict):
+        raise MemrlError(f"{source} [ppo]: expected a mapping of stable_baselines3.PPO keyword arguments, got {ppo!r}")
+    valid = ppo_keywords()
+    reserved = sorted(str(k) for k in ppo if k in PPO_RESERVED)
+    if reserved:
+        raise MemrlError(
+            f"{source} [ppo]: {', '.join(reserved)} cannot be set here (memrl sets {', '.join(PPO_RESERVED)} itself; "
+            f"the seed is train.seed); valid: {', '.join(valid)}"
+        )
+    unknown = sorted(str(k) for k in ppo if k not in valid)
+    if unknown:
+        raise MemrlError(f"{source} [ppo]: unknown PPO argument(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return dict(ppo)
 
 
 @dataclass
@@ -73,13 +111,19 @@ class TrainConfig:
             raise MemrlError(f"{source}: unknown section(s) {', '.join(unknown)}; valid: env, ppo, train")
         env = EnvConfig.from_dict(d.get("env") or {}, source=f"{source} [env]")
         ppo = dict(DEFAULT_PPO)
-        ppo.update(d.get("ppo") or {})
+        ppo.update(check_ppo(d.get("ppo") or {}, source))
         tr = d.get("train") or {}
+        if not isinstance(tr, dict):
+            raise MemrlError(f"{source} [train]: expected a mapping of train fields, got {tr!r}")
         known = {f.name for f in fields(TrainSettings)}
-        bad = sorted(set(tr) - known)
+        bad = sorted(str(k) for k in set(tr) - known)
         if bad:
             raise MemrlError(f"{source} [train]: unknown field(s) {', '.join(bad)}; valid: {', '.join(sorted(known))}")
-        return cls(env=env, ppo=ppo, train=TrainSettings(**tr))
+        try:
+            train = TrainSettings(**tr)
+        except ConfigError as exc:
+            raise exc.at(f"{source} [train]") from None
+        return cls(env=env, ppo=ppo, train=train)
 
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":

@@ -14,18 +14,21 @@ from pathlib import Path
 
 import numpy as np
 
+from memrl.metrics.names import COST_FIELDS, REWARD_FIELDS, SUMMARY_METRICS
 from memrl.utils.io import write_json_atomic, write_text_atomic
 
+#: ``mask``/``mask_bits`` name the units actually trained; ``proposed_mask_bits`` is the agent's
+#: proposal and ``empty_units`` the proposed units where the method had nothing to train.
 COLUMNS = [
-    "step", "env", "dataset", "method", "mask", "mask_bits", "lr", "reward",
-    "fid", "kid", "noise_norm_mean", "noise_norm_max", "nn_own_rate", "replication_rate", "amd",
-    "extraction_rate", "fid_norm", "mem_norm", "trainable_params", "trainable_fraction",
+    "step", "env", "dataset", "method", "mask", "mask_bits", "proposed_mask_bits", "empty_units", "lr",
+    *REWARD_FIELDS, *SUMMARY_METRICS, "noise_norm_max", *COST_FIELDS,
     "cached", "failed", "error", "seconds",
 ]  # fmt: skip
 
 
 def info_to_row(step: int, env_index: int, info: dict, reward: float) -> dict:
     row = {c: info.get(c, "") for c in COLUMNS}
+    row["empty_units"] = ",".join(info.get("empty_units") or [])
     row.update({"step": step, "env": env_index, "reward": reward, "cached": bool(info.get("cached", False)), "failed": bool(info.get("failed", False))})
     return row
 
@@ -136,7 +139,7 @@ def write_best(path: str | Path, log: EvaluationLog, units: list[str]) -> dict |
             "lr": _num(r["lr"]),
             "mask_bits": bits,
             "mask_units": [u for u, b in zip(units, bits) if b == "1"],
-            "metrics": {k: _num(r[k]) for k in ("reward", "fid", "kid", "nn_own_rate", "replication_rate", "noise_norm_mean", "extraction_rate", "amd", "trainable_params", "trainable_fraction")},
+            "metrics": {k: _num(r[k]) for k in ("reward", *SUMMARY_METRICS, *COST_FIELDS)},
         }
 
     doc = {"units": units, **entry(best), "per_dataset": {d: entry(r) for d, r in log.best_per_dataset().items()}}

@@ -20,9 +20,10 @@ from memrl.agents.config import TrainConfig
 from memrl.envs.descriptor import DescriptorBasis
 from memrl.envs.mask_selection import N_METRICS, action_dims, decode_action, observation
 from memrl.errors import MemrlError
+from memrl.metrics.names import SUMMARY_METRICS
 from memrl.utils.io import atomic_dir, write_json_atomic
 
-REFERENCE_KEYS = ("fid", "kid", "nn_own_rate", "replication_rate", "noise_norm_mean", "extraction_rate", "amd", "trainable_fraction")
+REFERENCE_KEYS = (*SUMMARY_METRICS, "trainable_fraction")
 
 
 def load_policy(policy: str | Path):  # noqa: ANN201
@@ -43,18 +44,25 @@ def load_policy(policy: str | Path):  # noqa: ANN201
 
 
 def save_finetuned(ft, out: Path) -> dict:  # noqa: ANN001
-    """Merged diffusers folder (+ peft adapter) of a fine-tune result; returns what was written."""
+    """Merged diffusers folder (+ peft adapter) of a fine-tune result; returns what was written.
+
+    The adapter (lora/loha/lokr/oft with a mask that targets something) goes to ``OUT/adapter/``
+    in the format of the method's registry entry (:func:`memrl.peft_masking.export.save_adapter`:
+    lora loads with diffusers' ``load_lora_weights`` / ``load_lora_adapter`` and with peft,
+    loha/lokr/oft with ``peft.PeftModel.from_pretrained``). It is written before the merge below,
+    which folds the adapter into the base weights in place.
+    """
     from diffusers import UNet2DConditionModel
 
     from memrl.models.pipeline import DiffusionModel
-    from memrl.peft_masking import ADAPTER_NAME, PEFT_ADAPTER_METHODS
+    from memrl.peft_masking.export import has_adapter, save_adapter
     from memrl.peft_masking.merge import merged_state_dict
 
     written = {}
     unet = ft.model.unet
-    if ft.peft.method in PEFT_ADAPTER_METHODS and ADAPTER_NAME in (getattr(unet, "peft_config", None) or {}):
+    if has_adapter(unet, ft.peft):
         with atomic_dir(out / "adapter") as tmp:
-            unet.save_lora_adapter(str(tmp), adapter_name=ADAPTER_NAME) if ft.peft.method == "lora" else _save_peft_adapter(unet, tmp)
+            save_adapter(unet, ft.peft, tmp)
         written["adapter"] = str(out / "adapter")
     fresh = UNet2DConditionModel.from_config(unet.config)
     state = merged_state_dict(unet, ft.peft, list(fresh.state_dict()))
@@ -65,16 +73,6 @@ def save_finetuned(ft, out: Path) -> dict:  # noqa: ANN001
         DiffusionModel(fresh, m.text_encoder, m.tokenizer, m.scheduler, m.vae).save_pretrained(tmp)
     written["model"] = str(out / "model")
     return written
-
-
-def _save_peft_adapter(unet, folder: Path) -> None:  # noqa: ANN001
-    """peft's own format (adapter_config.json + adapter_model.safetensors) for loha/lokr/oft."""
-    from safetensors.torch import save_file
-
-    from memrl.peft_masking import ADAPTER_NAME, peft_state_dict
-
-    unet.peft_config[ADAPTER_NAME].save_pretrained(str(folder))
-    save_file({k: v.contiguous() for k, v in peft_state_dict(unet).items()}, str(folder / "adapter_model.safetensors"))
 
 
 def replay(policy: str | Path, dataset: str, out: str | Path, pretrained: str | None = None, n_repeats: int = 1, device: str = "cpu", progress: bool = True) -> dict:
@@ -101,6 +99,7 @@ def replay(policy: str | Path, dataset: str, out: str | Path, pretrained: str | 
             f"the model {evaluator.pretrained_dir} has {n} units (observation {want_obs}); use a policy trained on this model's units"
         )
     data = load_dataset(dataset, evaluator.model.image_size, evaluator.model.image_channels)
+    evaluator.check_data(data)
     out.mkdir(parents=True, exist_ok=True)  # only once every input is known to be good
     evaluator.cache = EvalCache(out / "evaluations.sqlite")
 
@@ -109,14 +108,15 @@ def replay(policy: str | Path, dataset: str, out: str | Path, pretrained: str | 
     obs = observation(desc, np.zeros(n, np.float32), np.zeros(N_METRICS, np.float32))
     action, _ = model.predict(obs, deterministic=True)
     bits, method, lr = decode_action(action, n, env_cfg)
-    mask = Mask.from_bits([int(b) for b in bits], evaluator.units)
+    proposed = Mask.from_bits([int(b) for b in bits], evaluator.units)
+    mask, empty = evaluator.effective_mask(method, proposed)  # the units the method can train
 
     # stage 2: the whole dataset, no forced duplication (unless asked)
     ecfg = env_cfg.eval_config()
     ecfg = replace(ecfg, finetune=replace(ecfg.finetune, data_size_ratio=1.0, n_repeats=n_repeats))
     ecfg = ecfg.with_method(method, lr, env_cfg.seed)
     saved: dict = {}
-    result = evaluator.run(data, method, mask, ecfg, out_dir=out, progress=progress, on_finetuned=lambda ft: saved.update(save_finetuned(ft, out)))
+    result = evaluator.run(data, mask, ecfg, out_dir=out, progress=progress, on_finetuned=lambda ft: saved.update(save_finetuned(ft, out)))
     ref = evaluator.reference(data, ecfg, progress=progress)
     result.update(compute_reward(result, ref, ecfg.reward))
     report = {
@@ -126,6 +126,8 @@ def replay(policy: str | Path, dataset: str, out: str | Path, pretrained: str | 
         "mask": str(mask),
         "mask_units": list(mask.selected),
         "mask_bits": mask.bitstring,
+        "proposed_mask_bits": proposed.bitstring,
+        "empty_units": list(empty),
         "method": method,
         "lr": ecfg.finetune.resolved_lr(),
         "stage2": {"data_size_ratio": 1.0, "n_repeats": n_repeats, "steps": ecfg.finetune.steps, "n_mem_probe": ecfg.finetune.n_mem},

@@ -47,6 +47,7 @@ def build_vec_env(cfg: TrainConfig, env_cfg: EnvConfig, evaluator, basis: Descri
     from memrl.envs.mask_selection import MaskSelectionEnv
 
     n = cfg.train.n_envs
+    env_cfg = env_cfg.with_(info_runtime=True)  # the evaluation log records cache hits and seconds
     if cfg.train.vec_env == "subproc" and n > 1:
         return SubprocVecEnv([partial(_make_subproc_env, env_cfg.to_dict(), basis.to_dict()) for _ in range(n)], start_method="spawn")
     return DummyVecEnv([lambda: Monitor(MaskSelectionEnv(env_cfg, evaluator=evaluator, basis=basis)) for _ in range(n)])
@@ -171,12 +172,16 @@ def evaluator_mem_metric(env_cfg: EnvConfig) -> str:
 
 
 def compare_policy(model, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis, heldout: list[str], k_random: int, seed: int, progress: bool = False) -> dict:  # noqa: ANN001
-    """The policy's deterministic mask vs ``k_random`` distinct uniformly random masks, per dataset.
+    """The policy's deterministic mask vs ``k_random`` uniformly random masks, per dataset.
+
+    Random masks (uniform, without replacement) are distinct in what they train, not merely
+    in their bits: two masks that differ only in units where the method trains nothing are one.
 
     Rewards come from the same evaluation code and cache as training. Held-out datasets were never
     seen during training: the policy only gets their descriptor.
     """
     from memrl.envs.mask_selection import MaskSelectionEnv
+    from memrl.peft_masking import Mask
 
     names = list(env_cfg.datasets) + [d for d in heldout if d not in env_cfg.datasets]
     env = MaskSelectionEnv(env_cfg.with_(datasets=names), evaluator=evaluator, basis=basis)
@@ -191,16 +196,19 @@ def compare_policy(model, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis,
             rewards.append(r)
         rand, rand_details, seen = [], [], set()
         high = env.action_space.nvec if hasattr(env.action_space, "nvec") else 2
-        n_actions = int(np.prod(np.broadcast_to(high, env.action_space.shape)))
-        for _ in range(min(k_random, n_actions)):
+        for _ in range(50 * k_random):  # distinct trained masks: a repeat would add no information
+            if len(rand) >= k_random:
+                break
             a = rng.integers(0, high, size=env.action_space.shape)
-            while tuple(a.tolist()) in seen:  # distinct masks: a repeat would add no information
-                a = rng.integers(0, high, size=env.action_space.shape)
-            seen.add(tuple(a.tolist()))
+            bits, method, lr = env.decode(a)
+            trained, _ = evaluator.effective_mask(method, Mask.from_bits([int(b) for b in bits], evaluator.units))
+            if (trained.bitstring, method, lr) in seen:
+                continue
+            seen.add((trained.bitstring, method, lr))
             env.reset(options={"dataset": name})
             _, r, _, _, rinfo = env.step(a)
             rand.append(r)
-            rand_details.append({"mask": rinfo.get("mask"), "reward": float(r), "fid": rinfo.get("fid"), "nn_own_rate": rinfo.get("nn_own_rate")})
+            rand_details.append({"mask": rinfo.get("mask"), "reward": float(r), "fid": rinfo.get("fid"), "nn_own_rate": rinfo.get("nn_own_rate"), "failed": bool(rinfo.get("failed"))})
         out[name] = {
             "heldout": name not in env_cfg.datasets,
             "policy_mask": info.get("mask"),

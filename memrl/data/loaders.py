@@ -13,13 +13,20 @@ Accepted specifications:
 
 User data has no separate held-out split unless a ``split`` column says so (values ``train`` /
 ``heldout``); otherwise a seeded ``heldout_fraction`` of the images is held out for FID.
-Every problem (missing path, empty folder, unreadable image, missing column) is a one-line
-:class:`~memrl.errors.MemrlError` naming the file and what was expected.
+Captions must be UTF-8 text and non-empty (an empty caption would silently train its image as
+unconditional). Images of any size and most modes (grayscale, RGB, palette, 1-bit, 16-bit, CMYK,
+with or without transparency) are resized and converted to the model's channel count (see
+:func:`memrl.utils.images.load_image`).
+Every problem (missing path, empty folder, unreadable or corrupt image, missing column, a row
+that is not a JSON object, text that is not UTF-8, an empty caption) is a one-line
+:class:`~memrl.errors.MemrlError` naming the file, the line where there is one, and what was
+expected.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -87,7 +94,10 @@ def _scan_folder(folder: Path) -> tuple[list[Path], list[str], list[str] | None]
             if meta.endswith(".csv"):
                 return _read_csv(folder / meta)
             return _read_jsonl(folder / meta)
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    try:
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    except OSError as exc:
+        raise MemrlError(f"cannot list image folder {folder}: {exc.strerror or exc}") from None
     if not images:
         raise MemrlError(f"image folder {folder} is empty: no images ({', '.join(IMAGE_EXTENSIONS)}) and no metadata.csv/jsonl")
     captions = []
@@ -97,59 +107,124 @@ def _scan_folder(folder: Path) -> tuple[list[Path], list[str], list[str] | None]
             raise MemrlError(
                 f"image folder {folder}: no caption for {p.name} (expected {txt.name}, or a metadata.csv with columns file_name,text)"
             )
-        captions.append(txt.read_text().strip())
+        caption = _read_text(txt, "caption file").strip()
+        if not caption:
+            raise MemrlError(f"caption file {txt} is empty: {p.name} would train as unconditional; write its caption in the file")
+        captions.append(caption)
     return images, captions, None
 
 
-def _pick(columns: list[str], options: tuple[str, ...], source: Path, what: str) -> str:
-    lower = {c.strip().lower(): c for c in columns}
+def _read_text(path: Path, what: str) -> str:
+    """The whole file as UTF-8 text (a leading byte-order mark, as Excel writes, is dropped).
+
+    Any other encoding is refused rather than guessed: a wrong guess silently garbles captions.
+    The error names the file and the line of the first invalid byte.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MemrlError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise MemrlError(
+            f"{what} {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it with UTF-8 encoding"
+        ) from None
+
+
+def _pick(columns: list[str], options: tuple[str, ...], source: str | Path, what: str) -> str:
+    lower = {str(c).strip().lower(): c for c in columns}
     for o in options:
         if o in lower:
             return lower[o]
-    raise MemrlError(f"{source}: missing the {what} column (expected one of: {', '.join(options)}; found: {', '.join(columns) or 'none'})")
+    found = ", ".join(str(c) for c in columns) or "none"
+    raise MemrlError(f"{source}: missing the {what} column (expected one of: {', '.join(options)}; found: {found})")
 
 
-def _rows_to_lists(rows: list[dict], source: Path) -> tuple[list[Path], list[str], list[str] | None]:
+def _rows_to_lists(rows: list[tuple[int, dict]], columns: list[str], source: Path, where: str) -> tuple[list[Path], list[str], list[str] | None]:
+    """Image paths, captions and (optional) splits from ``(line number, row)`` pairs.
+
+    ``columns`` are the header (CSV) or the first row's keys (JSON lines; ``where`` then names
+    that line). Every row must name an existing image and a non-empty caption: an empty caption
+    would silently train its image as unconditional.
+    """
     if not rows:
         raise MemrlError(f"{source} has no rows")
-    cols = list(rows[0].keys())
-    pcol = _pick(cols, PATH_COLUMNS, source, "image path")
-    ccol = _pick(cols, CAPTION_COLUMNS, source, "caption")
-    scol = next((c for c in cols if c.strip().lower() == "split"), None)
+    pcol = _pick(columns, PATH_COLUMNS, where, "image path")
+    ccol = _pick(columns, CAPTION_COLUMNS, where, "caption")
+    scol = next((c for c in columns if str(c).strip().lower() == "split"), None)
     paths, caps, splits = [], [], []
-    for i, r in enumerate(rows, start=2):
-        p = Path(str(r[pcol]).strip())
+    for line, r in rows:
+        at = f"{source}, line {line}"
+        name = _field(r, pcol, at, "the image path")
+        if not name:
+            raise MemrlError(f"{at}: the image path ({pcol!r}) is empty")
+        p = Path(name)
         p = p if p.is_absolute() else source.parent / p
         if not p.is_file():
-            raise MemrlError(f"{source}, row {i}: image {p} does not exist")
+            raise MemrlError(f"{at}: image {p} {'is not a file' if p.exists() else 'does not exist'}")
+        caption = _field(r, ccol, at, "the caption")
+        if not caption:
+            raise MemrlError(
+                f"{at}: the caption ({ccol!r}) of {name} is empty; {name} would train as unconditional: write a caption or drop the row"
+            )
         paths.append(p)
-        caps.append(str(r[ccol] or "").strip())
+        caps.append(caption)
         if scol:
-            v = str(r[scol]).strip().lower()
+            v = _field(r, scol, at, "the split").lower()
             if v not in ("train", "heldout"):
-                raise MemrlError(f"{source}, row {i}: split must be 'train' or 'heldout', got {v!r}")
+                raise MemrlError(f"{at}: split must be 'train' or 'heldout', got {v!r}")
             splits.append(v)
     return paths, caps, (splits if scol else None)
 
 
+def _field(row: dict, key: str, at: str, what: str) -> str:
+    """``row[key]`` stripped; a missing key or a value that is not text is an error naming the line."""
+    if key not in row:
+        raise MemrlError(f"{at}: missing {key!r} ({what}); every row needs the keys of the first one")
+    value = row[key]
+    if not isinstance(value, str):
+        raise MemrlError(f"{at}: {key!r} ({what}) must be a string, got {json.dumps(value)}")
+    return value.strip()
+
+
 def _read_csv(path: Path) -> tuple[list[Path], list[str], list[str] | None]:
+    text = _read_text(path, "CSV")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
     try:
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise MemrlError(f"cannot read CSV {path}: {exc}") from None
-    return _rows_to_lists(rows, path)
+        columns = list(reader.fieldnames or [])
+        for r in reader:
+            line = reader.line_num
+            if None in r:
+                raise MemrlError(
+                    f"{path}, line {line} has more fields than the header ({', '.join(columns)}): "
+                    "put a caption that contains commas in double quotes"
+                )
+            if None in r.values():
+                raise MemrlError(f"{path}, line {line} has fewer fields than the header ({', '.join(columns)})")
+            rows.append((line, r))
+    except csv.Error as exc:
+        raise MemrlError(f"cannot read CSV {path}, line {reader.line_num}: {exc}") from None
+    return _rows_to_lists(rows, columns, path, str(path))
 
 
 def _read_jsonl(path: Path) -> tuple[list[Path], list[str], list[str] | None]:
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
+    # split on "\n" only: str.splitlines() also splits at U+2028 and friends, legal inside JSON strings
+    for i, line in enumerate(_read_text(path, "metadata file").split("\n"), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise MemrlError(f"{path}, line {i}: invalid JSON ({exc.msg})") from None
-    return _rows_to_lists(rows, path)
+            if not isinstance(row, dict):
+                kind = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(type(row), "a number")
+                raise MemrlError(f'{path}, line {i}: expected a JSON object like {{"file_name": "a.png", "text": "a caption"}}, got {kind}')
+            rows.append((i, row))
+    columns = list(rows[0][1]) if rows else []
+    return _rows_to_lists(rows, columns, path, f"{path}, line {rows[0][0]}" if rows else str(path))
 
 
 def _split(name: str, images: torch.Tensor, captions: list[str], splits: list[str] | None, frac: float, seed: int) -> DatasetSplits:

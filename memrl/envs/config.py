@@ -6,6 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from memrl.errors import MemrlError
+from memrl.utils.config import ConfigError, apply_overrides, check_fields
 
 DEFAULT_MODEL = os.environ.get("MEMRL_MODEL", "runs/digits-base")
 
@@ -33,52 +34,80 @@ class EnvConfig:
     cache: str | None = None
     granularity: str = "attention"
     descriptor_components: int = 8
-    failure_reward: float = -5.0
-    #: Put run-time facts in ``info`` (``cached``, ``seconds``, ``timings``). They differ between
-    #: two identical steps (the second is a cache hit), so strict determinism checks turn this off.
-    info_runtime: bool = True
+    #: Reward of a failed evaluation (diverged fine-tune, non-finite samples). ``None``: one below
+    #: the reward floor (``reward.floor``, default -20), so a failure never beats a real result.
+    failure_reward: float | None = None
+    #: Also put run-time facts in ``info`` (``cached``, ``seconds``, ``computed_seconds``,
+    #: ``timings``). Off by default: they differ between two identical steps (the second is a
+    #: cache hit), which Gymnasium's determinism check rejects. ``memrl train`` turns it on for
+    #: its evaluation log.
+    info_runtime: bool = False
 
     def __post_init__(self) -> None:
+        """Check types first (a YAML ``horizon: "2"`` or ``datasets: inverted`` is one clear line),
+        then values, then build :meth:`eval_config` once so a bad ``eval_overrides`` / ``reward``
+        fails here, before any run folder is written, not at the first step."""
+        where = "env config"
+        check_fields(self, where)
         if not self.datasets:
-            raise MemrlError("env config: 'datasets' is empty; list at least one dataset (built-in name, folder or CSV)")
+            raise ConfigError(where, "'datasets' is empty; list at least one dataset (built-in name, folder or CSV)")
         if self.horizon < 1:
-            raise MemrlError(f"env config: 'horizon' must be >= 1, got {self.horizon}")
+            raise ConfigError(where, f"'horizon' must be >= 1, got {self.horizon}")
+        from memrl.evaluation.config import PRESETS
         from memrl.peft_masking import METHODS
 
         for m in [self.method, *self.methods]:
             if m not in METHODS:
-                raise MemrlError(f"env config: unknown method {m!r}; valid: {', '.join(METHODS)}")
-        if any(s <= 0 for s in self.lr_scales):
-            raise MemrlError(f"env config: 'lr_scales' must be positive, got {self.lr_scales}")
+                raise ConfigError(where, f"unknown method {m!r}; valid: {', '.join(METHODS)}")
+        if any(not s > 0 for s in self.lr_scales):
+            raise ConfigError(where, f"'lr_scales' must be positive, got {self.lr_scales}")
+        if self.preset not in PRESETS:
+            raise ConfigError(where, f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
+        self.eval_config()  # checks eval_overrides and reward key by key
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "EnvConfig":
+        """Build from a YAML mapping; every error names ``source`` (e.g. ``FILE [env]``)."""
+        if not isinstance(d, dict):
+            raise MemrlError(f"{source}: expected a mapping of env fields, got {type(d).__name__} {d!r}")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(str(k) for k in set(d) - known)
         if unknown:
             raise MemrlError(f"{source}: unknown env field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except ConfigError as exc:
+            raise exc.at(source) from None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def eval_config(self):  # noqa: ANN201
-        """The :class:`memrl.evaluation.EvalConfig` of one step: ``preset`` + ``eval_overrides`` + ``reward``."""
+        """The :class:`memrl.evaluation.EvalConfig` of one step: ``preset`` + ``eval_overrides`` + ``reward``.
+
+        Both mappings are checked key by key against the dataclasses they fill (EvalConfig, its
+        ``finetune`` FinetuneConfig and ``reward`` RewardConfig): an unknown key is refused with the
+        valid ones listed, a wrong type names its path (``eval_overrides.finetune.steps``).
+        """
         from memrl.evaluation import preset
 
-        cfg = preset(self.preset)
-        ov = dict(self.eval_overrides)
-        ft = ov.pop("finetune", {})
-        try:
-            if ft:
-                cfg = replace(cfg, finetune=replace(cfg.finetune, **ft))
-            if self.reward:
-                cfg = replace(cfg, reward=replace(cfg.reward, **self.reward))
-            if ov:
-                cfg = replace(cfg, **ov)
-        except TypeError as exc:
-            raise MemrlError(f"env config: bad eval_overrides/reward field ({exc})") from None
+        where = "env config"
+        cfg = apply_overrides(preset(self.preset), self.eval_overrides, "eval_overrides", where)
+        if self.reward:
+            cfg = replace(cfg, reward=apply_overrides(cfg.reward, self.reward, "reward", where))
         return cfg
+
+    def resolved_failure_reward(self) -> float:
+        """The failed step's reward: the configured one, or one below the reward floor."""
+        floor = float(self.eval_config().reward.floor)
+        if self.failure_reward is None:
+            return floor - 1.0
+        if float(self.failure_reward) >= floor:
+            raise MemrlError(
+                f"env config: failure_reward ({self.failure_reward}) must be below the reward floor ({floor}), "
+                "or a failed step could beat a real one"
+            )
+        return float(self.failure_reward)
 
     def with_(self, **kw) -> "EnvConfig":
         return replace(self, **kw)

@@ -15,6 +15,20 @@ Observation (a flat ``Box``, clipped to [-10, 10]):
 
 Evaluations are seeded by the config's ``seed`` (not by the episode), so the reward of a
 (dataset, mask) pair is a fixed number and repeated proposals are answered from the cache.
+
+Rewards lie in ``[reward.floor, 0]`` (default floor -20; see :mod:`memrl.evaluation.reward`).
+A step whose evaluation fails (a diverged fine-tune, non-finite samples, a kernel error) ends the
+episode with ``failure_reward``, strictly below the floor, and ``info["failed"] = True`` with the
+error; the failure is recorded in the cache. Bad input (:class:`~memrl.errors.MemrlError`) is
+raised, not penalised.
+
+Mask bits of units where the method has nothing to train (e.g. ``down_blocks.0`` of the tiny
+model holds no attention, so lora has nothing there) are dropped before evaluating: such a mask
+trains exactly what the reduced mask trains, and is answered by the same cache entry; a mask
+whose selected units all train nothing is the pretrained model (mask ``none``). ``info`` names
+the units trained (``mask``, ``mask_bits``, ``mask_units``), the proposal
+(``proposed_mask_bits``) and the dropped units (``empty_units``); the observation shows the
+proposal.
 """
 
 from __future__ import annotations
@@ -30,6 +44,9 @@ from memrl.envs.descriptor import DescriptorBasis
 from memrl.errors import MemrlError
 
 N_METRICS = 5  # fid ratio, mem ratio, trainable fraction, reward, horizon share
+#: Wall-clock facts of a step: in ``info`` only with ``info_runtime`` (they differ between two
+#: identical steps, the second being a cache hit; Gymnasium's determinism check compares infos).
+RUNTIME_INFO = ("cached", "seconds", "computed_seconds", "timings")
 
 
 def action_dims(n_units: int, cfg: EnvConfig) -> list[int]:
@@ -143,27 +160,36 @@ class MaskSelectionEnv(gym.Env):
         from memrl.peft_masking import Mask
 
         bits, method, lr = self.decode(action)
-        mask = Mask.from_bits([int(b) for b in bits], self.units)
+        proposed = Mask.from_bits([int(b) for b in bits], self.units)
+        trained, empty = self.evaluator.effective_mask(method, proposed)
         data = self._dataset(self.dataset_name)
         self._t += 1
-        info: dict[str, Any] = {"dataset": self.dataset_name, "mask": str(mask), "mask_bits": mask.bitstring, "mask_units": list(mask.selected), "method": method, "step_in_episode": self._t}
+        info: dict[str, Any] = {
+            "dataset": self.dataset_name,
+            "mask": str(trained),
+            "mask_bits": trained.bitstring,
+            "mask_units": list(trained.selected),
+            "proposed_mask_bits": proposed.bitstring,
+            "empty_units": list(empty),
+            "method": method,
+            "step_in_episode": self._t,
+        }
+        self._mask = bits.astype(np.float32)
         try:
-            result = self.evaluator.evaluate(data, method, mask, self.eval_config, lr=lr, seed=self.config.seed)
+            result = self.evaluator.evaluate(data, method, trained, self.eval_config, lr=lr, seed=self.config.seed)
         except MemrlError:
-            raise
+            raise  # the caller's mistake (bad data, bad config): no action would fix it
         except Exception as exc:  # a failed evaluation: recorded in the cache as failed, penalised here
             info.update({"failed": True, "error": f"{type(exc).__name__}: {exc}"})
-            reward = float(self.config.failure_reward)
-            self._mask = bits.astype(np.float32)
+            reward = self.config.resolved_failure_reward()
             self._last = np.array([0, 0, 0, reward, self._t / self.config.horizon], dtype=np.float32)
             return self._obs(), reward, True, False, info
         reward = float(result["reward"])
-        info.update({k: v for k, v in result.items() if k not in ("mask", "mask_units", "mask_bits", "dataset", "method")})
+        info.update({k: v for k, v in result.items() if k not in info})
         info["failed"] = False
         if not self.config.info_runtime:
-            for k in ("cached", "seconds", "computed_seconds", "timings"):
+            for k in RUNTIME_INFO:
                 info.pop(k, None)
-        self._mask = bits.astype(np.float32)
         self._last = np.array(
             [result["fid_norm"], result["mem_norm"], result["trainable_fraction"], reward, self._t / self.config.horizon],
             dtype=np.float32,

@@ -11,7 +11,9 @@ DEFAULT_MODEL = os.environ.get("MEMRL_MODEL", "runs/digits-base")
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from memrl.peft_masking import METHODS
+    from memrl.evaluation.config import PRESETS
+    from memrl.metrics.names import MEM_METRICS
+    from memrl.peft_masking import GRANULARITIES, METHODS
 
     p = sub.add_parser(
         "evaluate",
@@ -24,14 +26,15 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mask", required=True, help="units to train: comma-separated unit names, a bit string, 'all' or 'none'")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's tuned default)")
     p.add_argument("--seed", type=int, default=0, help="seed for fine-tuning, sampling and metrics")
-    p.add_argument("--preset", default="default", choices=["quick", "search", "default"], help="budget: default (~1 min on 2 cores), search (~20 s, the agent's training budget) or quick (seconds)")
+    p.add_argument("--preset", default="default", choices=list(PRESETS), help="budget: default (~1 min on 2 cores), search (~20 s, the agent's training budget) or quick (seconds)")
     p.add_argument("--dataset", default="inverted", help="built-in variant name, image folder or CSV of path + caption (default: inverted)")
     p.add_argument("--pretrained", "--model", dest="pretrained", default=DEFAULT_MODEL, help=f"pretrained model folder (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, help="folder for the sample grid and the nearest-neighbour picture (and result.json)")
-    p.add_argument("--cache", default=None, help="SQLite cache file for evaluations and the reference run (default: OUT/../evaluations.sqlite)")
+    p.add_argument("--cache", default=None, help="SQLite cache file for the reference run (full fine-tuning, computed once per dataset and budget; default: OUT/evaluations.sqlite). Share one file between evaluations to compute the reference once")
     p.add_argument("--lam", type=float, default=None, help="reward weight of the memorization term (default 1)")
     p.add_argument("--mu", type=float, default=None, help="reward weight of the trainable fraction (default 0.1)")
-    p.add_argument("--mem-metric", default=None, choices=["nn_own_rate", "replication_rate", "noise_norm_mean", "extraction_rate"], help="memorization metric used in the reward (default nn_own_rate)")
+    p.add_argument("--mem-metric", default=None, choices=list(MEM_METRICS), help="memorization metric used in the reward (default nn_own_rate)")
+    p.add_argument("--granularity", default="attention", choices=list(GRANULARITIES), help="what a mask bit switches: each attention block (default, SD's 16 transformer blocks), attention blocks and resnets, or whole down/mid/up blocks")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 4)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
     p.add_argument("--json", action="store_true", help="print only the JSON object (no progress, no summary line)")
@@ -39,27 +42,55 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """Validate every input before writing anything; then evaluate and write OUT/result.json.
+
+    A failed evaluation (e.g. a diverged fine-tune) is recorded in OUT/result.json and the cache
+    and reported as one line (exit status 1).
+    """
+    import sys
     from dataclasses import replace
 
     import torch
 
     from memrl.data.loaders import load_dataset
+    from memrl.errors import EvaluationFailed, MemrlError
     from memrl.evaluation import Evaluator, preset
+    from memrl.evaluation.cache import EvalCache
     from memrl.utils.io import write_json_atomic
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     out = Path(args.out)
-    cache = Path(args.cache) if args.cache else out.parent / "evaluations.sqlite"
-    ev = Evaluator(args.pretrained, device=device, cache=cache)
+    if out.exists() and not out.is_dir():
+        raise MemrlError(f"--out {out} is a file; give a folder")
+    ev = Evaluator(args.pretrained, device=device, granularity=args.granularity)
     data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels)
+    ev.check_data(data)
     cfg = preset(args.preset)
     rw = {k: v for k, v in {"lam": args.lam, "mu": args.mu, "mem_metric": args.mem_metric}.items() if v is not None}
     if rw:
         cfg = replace(cfg, reward=replace(cfg.reward, **rw))
     if args.rank is not None:
         cfg = replace(cfg, finetune=replace(cfg.finetune, rank=args.rank))
-    result = ev.evaluate(data, args.method, args.mask, cfg, lr=args.lr, seed=args.seed, out_dir=out, progress=not args.json)
+    if args.lr is not None and not args.lr > 0:
+        raise MemrlError(f"--lr must be positive, got {args.lr}")
+    cfg.with_method(args.method, args.lr, args.seed).finetune.resolved_lr()  # the method has a learning rate
+    mask, empty = ev.effective_mask(args.method, ev.parse_mask(args.mask), strict=True)
+    # every input is good: only now is anything written
+    ev.cache = EvalCache(Path(args.cache) if args.cache else out / "evaluations.sqlite")
+    if empty and not args.json:
+        print(f"memrl: note: {', '.join(empty)} hold no {args.method} parameters; training {mask}", file=sys.stderr)
+    try:
+        result = ev.evaluate(data, args.method, mask, cfg, lr=args.lr, seed=args.seed, out_dir=out, progress=not args.json)
+    except EvaluationFailed as exc:
+        failed = {"dataset": data.name, "method": args.method, "mask": str(mask), "seed": args.seed, "failed": True, "error": f"{type(exc).__name__}: {exc}"}
+        write_json_atomic(out / "result.json", failed)
+        raise
+    result["proposed_mask_bits"] = ev.parse_mask(args.mask).bitstring
+    result["empty_units"] = list(empty)
     result.pop("cached", None)
     write_json_atomic(out / "result.json", result)
+    if not args.json:
+        for w in result.get("warnings", []):
+            print(f"memrl: warning: {w}", file=sys.stderr)
     print(json.dumps(result))
     return 0

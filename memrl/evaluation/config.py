@@ -1,7 +1,8 @@
 """What one evaluation does: the fine-tuning budget, the sampling, the metrics and the reward.
 
-Everything that can change a result lives in :class:`EvalConfig`, so its JSON form (plus the
-base model, the dataset, the method, the mask, the learning rate and the seed) is the cache key.
+Everything that can change a result lives in :class:`EvalConfig`, so its JSON form (without the
+reward settings, plus the base model, the dataset, the method, the mask, the learning rate, the
+seed, the library versions and the device) is the cache key.
 """
 
 from __future__ import annotations
@@ -9,14 +10,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 
 from memrl.errors import MemrlError
+from memrl.metrics.names import MEM_METRICS  # re-exported: the reward's memorization choices
 from memrl.training.finetune import FinetuneConfig
-
-MEM_METRICS = ("nn_own_rate", "replication_rate", "noise_norm_mean", "extraction_rate")
+from memrl.utils.config import ConfigError, check_fields
 
 
 @dataclass
 class RewardConfig:
-    """``r = -(FID/FID_ref + lam * MEM/MEM_ref) - mu * trainable_fraction`` (DESIGN section 4)."""
+    """``r = max(floor, -(FID/FID_ref + lam * MEM/MEM_ref) - mu * trainable_fraction)`` (docs/design.md, section 6)."""
 
     lam: float = 1.0
     mu: float = 0.1
@@ -24,10 +25,25 @@ class RewardConfig:
     #: Floors for the reference values, so a reference that barely memorizes cannot blow the reward up.
     mem_ref_floor: float = 0.02
     fid_ref_floor: float = 1e-3
+    #: Rewards are clipped to ``[floor, 0]`` (they are never positive: FID, MEM and the fraction are
+    #: >= 0). A failed evaluation scores strictly below ``floor`` (the env's ``failure_reward``), so
+    #: it can never beat a real result. The base model on a new domain scores about -10 to -12.
+    floor: float = -20.0
 
     def __post_init__(self) -> None:
+        check_fields(self, "reward config")
         if self.mem_metric not in MEM_METRICS:
-            raise MemrlError(f"unknown memorization metric {self.mem_metric!r}; valid: {', '.join(MEM_METRICS)}")
+            raise ConfigError("reward config", f"unknown memorization metric {self.mem_metric!r}; valid: {', '.join(MEM_METRICS)}")
+        # Negative weights would reward memorization or large masks; ``not x >= 0`` also refuses NaN.
+        for name in ("lam", "mu"):
+            value = getattr(self, name)
+            if not value >= 0:
+                raise ConfigError("reward config", f"{name!r} must be >= 0 (a penalty weight), got {value}")
+        # The references are divided by these floors: zero or less would divide by zero or flip signs.
+        for name in ("mem_ref_floor", "fid_ref_floor"):
+            value = getattr(self, name)
+            if not value > 0:
+                raise ConfigError("reward config", f"{name!r} must be > 0, got {value}")
 
 
 @dataclass
@@ -49,6 +65,11 @@ class EvalConfig:
     replication_quantile: float = 0.95
     extraction_threshold: float = 0.15
     extraction_min_matches: int = 3
+
+    def __post_init__(self) -> None:
+        # Types only (a YAML ``eval_overrides`` typo fails here, not deep inside an evaluation);
+        # the nested FinetuneConfig is checked by whoever fills it (EnvConfig.eval_config).
+        check_fields(self, "eval config")
 
     def to_dict(self) -> dict:
         return asdict(self)

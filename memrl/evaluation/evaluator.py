@@ -4,7 +4,7 @@ This is the inner loop of MemControl's bi-level optimisation and the body of eve
 step. :class:`Evaluator` loads the pretrained model and the feature network once and answers
 requests ``(dataset, method, mask, lr, seed, config)``; each starts from the pretrained weights.
 
-Measured for every request (DESIGN section 4), seeded, with the model in eval mode:
+Measured for every request (docs/design.md, section 5), seeded, with the model in eval mode:
 
 * quality: FID and KID (torchmetrics) of samples for held-out captions against the held-out real
   images, on the feature network's embedding; real-set statistics are computed once per dataset;
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from memrl.data.dataset import DatasetSplits
-from memrl.errors import MemrlError
+from memrl.errors import MemrlError, NonFiniteError
 from memrl.evaluation.cache import EvalCache, request_key
 from memrl.evaluation.config import EvalConfig
 from memrl.evaluation.reward import reward as compute_reward
@@ -40,12 +40,13 @@ from memrl.metrics import memorization as mm
 from memrl.metrics.quality import _Features
 from memrl.models.feature_net import FeatureNet
 from memrl.models.pipeline import DiffusionModel
-from memrl.peft_masking import Mask, enumerate_units
+from memrl.metrics.names import SUMMARY_METRICS
+from memrl.peft_masking import Mask, enumerate_units, trainable_units
 from memrl.training.finetune import finetune
 from memrl.utils.images import save_grid, save_pairs
 
 #: Bumped whenever a change to this code can change a result: it is part of every cache key.
-EVAL_VERSION = 1
+EVAL_VERSION = 2
 
 
 @contextmanager
@@ -61,26 +62,48 @@ def preserved_rng():  # noqa: ANN201
             random.setstate(py_state)
 
 
-def _file_hash(folder: Path) -> str:
+def _file_hash(folder: Path, skip: str | None = None) -> str:
+    """Content hash of a model folder's weights and configs (``.safetensors``, ``.json``, ``.bin``).
+
+    ``skip`` names a top-level subfolder to leave out (the feature network, hashed on its own).
+    """
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix in (".safetensors", ".json") and "feature_net" not in p.parts[-2:]:
-            h.update(p.relative_to(folder).as_posix().encode())
+        rel = p.relative_to(folder)
+        if skip is not None and rel.parts and rel.parts[0] == skip:
+            continue
+        if p.is_file() and p.suffix in (".safetensors", ".json", ".bin", ".pt", ".txt"):
+            h.update(rel.as_posix().encode() + b"\0")
             h.update(p.read_bytes())
     return h.hexdigest()[:16]
 
 
-#: Config fields added after EVAL_VERSION 1, with the value that reproduces version-1 behaviour:
-#: they enter the cache key only when set to something else, so existing caches stay valid.
-_LATER_FIELDS = {"fid_features": "feature_net"}
+def runtime_key(device: str, dtype: torch.dtype) -> dict:
+    """What the numbers depend on besides the request: library versions, device, dtype, threads.
+
+    CPU kernels reduce in an order that depends on the thread count, so a 1-thread worker and a
+    2-thread process do not produce bit-identical fine-tunes; the thread count is part of the key
+    on the CPU (on a GPU it is irrelevant).
+    """
+    import diffusers
+    import peft
+
+    dev = torch.device(device)
+    key = {"torch": torch.__version__, "diffusers": diffusers.__version__, "peft": peft.__version__, "device": dev.type, "dtype": str(dtype).replace("torch.", "")}
+    if dev.type == "cpu":
+        key["cpu_threads"] = torch.get_num_threads()
+    return key
 
 
-def _key_config(cfg: EvalConfig) -> dict:
-    d = cfg.to_dict()
-    for k, default in _LATER_FIELDS.items():
-        if d.get(k) == default:
-            d.pop(k)
-    return d
+#: A held-out set smaller than this cannot give FID/KID at all (a clear error instead of a traceback).
+MIN_HELDOUT = 8
+
+
+def _check_finite(what: str, x: torch.Tensor | np.ndarray) -> None:
+    """Raise :class:`NonFiniteError` when ``x`` holds a NaN or an infinity (before a metric kernel sees it)."""
+    ok = bool(torch.isfinite(x).all()) if isinstance(x, torch.Tensor) else bool(np.isfinite(x).all())
+    if not ok:
+        raise NonFiniteError(f"{what} are not finite (NaN or inf): the fine-tuned model diverged; lower the learning rate")
 
 
 class Evaluator:
@@ -100,18 +123,28 @@ class Evaluator:
         if not fn_dir.is_dir():
             raise MemrlError(
                 f"no feature network at {fn_dir}: FID and nearest-neighbour features need one "
-                "(memrl pretrain writes feature_net/ beside the model; pass --feature-net for another folder)"
+                "(memrl pretrain writes feature_net/ beside the model)"
             )
         self.feature_net = FeatureNet.from_pretrained(fn_dir).to(device)
         self.granularity = granularity
         self.units = tuple(enumerate_units(self.model.unet, granularity))
-        self.model_hash = _file_hash(self.pretrained_dir) + "-" + _file_hash(fn_dir)
+        self.model_hash = _file_hash(self.pretrained_dir, skip="feature_net")
+        self.feature_net_hash = _file_hash(fn_dir)
         self.cache = EvalCache(cache) if isinstance(cache, (str, Path)) else cache
         self._real_stats: dict[str, tuple] = {}
+        self._trainable_units: dict[str, tuple[str, ...]] = {}
         self.hits = 0
         self.misses = 0
 
-    # ------------------------------------------------------------------ masks
+    @property
+    def device(self) -> str:
+        return str(self.model.device)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.unet.parameters()).dtype
+
+    # ------------------------------------------------------------------ inputs
     def parse_mask(self, spec: str | Mask) -> Mask:
         if isinstance(spec, Mask):
             if tuple(spec.units) != self.units:
@@ -119,20 +152,66 @@ class Evaluator:
             return spec
         return Mask.parse(spec, self.units)
 
+    def check_data(self, data: DatasetSplits) -> None:
+        """Refuse a dataset this model cannot be evaluated on, before anything runs or is written."""
+        want = (self.model.image_channels, self.model.image_size, self.model.image_size)
+        if data.image_shape != want:
+            raise MemrlError(f"dataset {data.name} has images {data.image_shape}, the model makes {want}")
+        n = len(data.heldout)
+        if n < MIN_HELDOUT:
+            raise MemrlError(
+                f"dataset {data.name}: {n} held-out image(s); FID/KID need at least {MIN_HELDOUT} "
+                "(add images, or mark more rows split=heldout)"
+            )
+
+    def trainable_units(self, method: str) -> tuple[str, ...]:
+        """The units in which ``method`` has anything to train (e.g. lora needs attention projections)."""
+        if method not in self._trainable_units:
+            self._trainable_units[method] = tuple(trainable_units(self.model.unet, self.units, method, self.granularity))
+        return self._trainable_units[method]
+
+    def effective_mask(self, method: str, mask: Mask, strict: bool = False) -> tuple[Mask, tuple[str, ...]]:
+        """``(mask without the units where method trains nothing, those units)``.
+
+        Two masks that differ only in such units train exactly the same parameters, so they are
+        one request (one cache entry). ``strict``: refuse a mask whose selected units all train
+        nothing (it would silently evaluate the pretrained model under the method's name).
+        """
+        can = set(self.trainable_units(method))
+        empty = tuple(u for u in mask.selected if u not in can)
+        if not empty:
+            return mask, ()
+        if strict and len(empty) == len(mask.selected):
+            raise MemrlError(
+                f"mask {mask} trains nothing with {method}: {', '.join(empty)} hold no {method} parameters; "
+                f"units {method} can train: {', '.join(u for u in self.units if u in can) or '(none)'} "
+                "(use mask 'none' for the pretrained model)"
+            )
+        eff = Mask(mask.units, tuple(int(b and u in can) for u, b in zip(mask.units, mask.bits)))
+        return eff, empty
+
     # ------------------------------------------------------------------ keys
-    def request(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig) -> dict:
-        """Everything that decides a result (the cache key's content)."""
+    def request(self, data: DatasetSplits, mask: Mask, cfg: EvalConfig) -> dict:
+        """Everything that decides a result (the cache key's content).
+
+        The reward settings are left out: the reward is computed from a cached result and the
+        cached reference, so changing ``lam`` or ``mu`` reuses every evaluation.
+        """
         cfg = self._own_units(cfg)
         fcfg = cfg.finetune
+        config = cfg.to_dict()
+        config.pop("reward", None)
         return {
             "eval_version": EVAL_VERSION,
             "model": self.model_hash,
+            "feature_net": self.feature_net_hash,
             "dataset": data.fingerprint(),
-            "method": method,
+            "method": fcfg.method,
             "mask": mask.bitstring,
             "units": list(self.units),
-            "lr": fcfg.resolved_lr() if fcfg.method == method else None,
-            "config": _key_config(cfg),
+            "lr": fcfg.resolved_lr(),
+            "config": config,
+            "runtime": runtime_key(self.device, self.dtype),
         }
 
     # ------------------------------------------------------------------ main entry
@@ -147,71 +226,75 @@ class Evaluator:
         out_dir: str | Path | None = None,
         with_reward: bool = True,
         progress: bool = False,
+        strict: bool = False,
     ) -> dict:
-        """Metrics (+ reward against the cached reference run) for one request."""
-        mask = self.parse_mask(mask)
+        """Metrics (+ reward against the cached reference run) for one request.
+
+        The mask is reduced to the units where ``method`` trains something (see
+        :meth:`effective_mask`); the result's ``mask`` fields name the units actually trained,
+        ``proposed_mask_bits`` the mask asked for and ``empty_units`` what was dropped.
+        """
+        proposed = self.parse_mask(mask)
+        mask, empty = self.effective_mask(method, proposed, strict=strict)
+        self.check_data(data)
         cfg = cfg.with_method(method, lr, cfg.finetune.seed if seed is None else seed)
-        result = self._cached_run(data, method, mask, cfg, out_dir, progress)
+        result = self._cached_run(data, mask, cfg, out_dir, progress)
+        result["proposed_mask_bits"] = proposed.bitstring
+        result["empty_units"] = list(empty)
         if with_reward:
             ref = self.reference(data, cfg, progress=progress)
             result.update(compute_reward(result, ref, cfg.reward))
-            result["reference"] = {k: ref[k] for k in ("fid", "kid", "nn_own_rate", "replication_rate", "noise_norm_mean", "extraction_rate")}
+            result["reference"] = {k: ref[k] for k in SUMMARY_METRICS}
         return result
 
     def reference(self, data: DatasetSplits, cfg: EvalConfig, progress: bool = False) -> dict:
         """Full fine-tuning of the whole UNet with the same budget, data and seed (cached)."""
         rcfg = cfg.with_method("full", None, cfg.finetune.seed)
-        return self._cached_run(data, "full", Mask.parse("all", self.units), rcfg, None, progress)
+        return self._cached_run(data, Mask.parse("all", self.units), rcfg, None, progress)
 
-    def _cached_run(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig, out_dir, progress: bool) -> dict:  # noqa: ANN001
-        req = self.request(data, method, mask, cfg)
+    def _cached_run(self, data: DatasetSplits, mask: Mask, cfg: EvalConfig, out_dir, progress: bool) -> dict:  # noqa: ANN001
+        """One request through the cache; with ``out_dir`` (pictures wanted) always computed."""
+        if self.cache is None or out_dir is not None:
+            self.misses += 1
+            result = dict(self.run(data, mask, cfg, out_dir=out_dir, progress=progress))
+            result["cached"] = False
+            return result
+        req = self.request(data, mask, cfg)
         key = request_key(req)
-        if self.cache is not None and out_dir is None:
-            t_lookup = time.time()
-            hit = self.cache.get(key)
-            if hit is not None:
-                self.hits += 1
-                hit = dict(hit)
-                hit["cached"] = True
-                # what this answer cost now; what computing it cost once stays on record
-                hit["computed_seconds"] = hit.get("seconds")
-                hit["seconds"] = round(time.time() - t_lookup, 4)
-                return hit
-        self.misses += 1
-        t0 = time.time()
-        try:
-            result = self.run(data, method, mask, cfg, out_dir=out_dir, progress=progress)
-        except Exception as exc:
-            if self.cache is not None:
-                self.cache.put_failed(key, req, f"{type(exc).__name__}: {exc}")
-            raise
-        if self.cache is not None:
-            self.cache.put(key, req, result, time.time() - t0)
+        t_lookup = time.time()
+        result, computed = self.cache.get_or_compute(key, req, lambda: self.run(data, mask, cfg, progress=progress))
         result = dict(result)
-        result["cached"] = False
+        result["cached"] = not computed
+        if computed:
+            self.misses += 1
+        else:
+            self.hits += 1
+            # what this answer cost now; what computing it cost once stays on record
+            result["computed_seconds"] = result.get("seconds")
+            result["seconds"] = round(time.time() - t_lookup, 4)
         return result
 
     # ------------------------------------------------------------------ the evaluation itself
-    def run(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig, out_dir=None, progress: bool = False, on_finetuned=None) -> dict:  # noqa: ANN001
-        """Fine-tune from the pretrained weights and measure (no cache, no reward).
+    def run(self, data: DatasetSplits, mask: Mask, cfg: EvalConfig, out_dir=None, progress: bool = False, on_finetuned=None) -> dict:  # noqa: ANN001
+        """Fine-tune from the pretrained weights with ``cfg.finetune.method`` and measure (no cache, no reward).
+
+        The method is read from ``cfg`` only (set it with :meth:`EvalConfig.with_method`), so what
+        trains and what the result is labelled with cannot differ.
 
         ``on_finetuned(finetune_result)`` is called after the measurements (e.g. to save weights).
         The caller's random state (torch, numpy, python) is left as it was: a fresh evaluation and
         a cache hit must look the same to the code around them (PPO's sampling, resumed runs).
         """
         with preserved_rng():
-            return self._run(data, method, mask, cfg, out_dir, progress, on_finetuned)
+            return self._run(data, mask, cfg, out_dir, progress, on_finetuned)
 
-    def _run(self, data: DatasetSplits, method: str, mask: Mask, cfg: EvalConfig, out_dir, progress: bool, on_finetuned) -> dict:  # noqa: ANN001
-        if data.image_shape != (self.model.image_channels, self.model.image_size, self.model.image_size):
-            raise MemrlError(
-                f"dataset {data.name} has images {data.image_shape}, the model makes "
-                f"{(self.model.image_channels, self.model.image_size, self.model.image_size)}"
-            )
+    def _run(self, data: DatasetSplits, mask: Mask, cfg: EvalConfig, out_dir, progress: bool, on_finetuned) -> dict:  # noqa: ANN001
+        self.check_data(data)
         t0 = time.time()
         timings: dict[str, float] = {}
         cfg = self._own_units(cfg)
         fcfg = cfg.finetune
+        method = fcfg.method
         ft = finetune(self.model, data, mask, fcfg, progress=progress)
         timings["finetune"] = ft.seconds
         model = ft.model
@@ -223,9 +306,10 @@ class Evaluator:
         G = cfg.gens_per_prompt
         mem_prompts = [c for c in mem.captions for _ in range(G)]
         gens = model.generate(mem_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 1000, batch_size=cfg.sample_batch_size)
-        held = data.heldout.captions
-        fid_prompts = [held[i % len(held)] for i in range(cfg.n_fid_samples)]
+        fid_prompts = self.fid_prompts(data, mem.captions, cfg.n_fid_samples)
         fid_samples = model.generate(fid_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 2000, batch_size=cfg.sample_batch_size)
+        _check_finite("samples for the memorization prompts", gens)
+        _check_finite("samples for the held-out prompts", fid_samples)
         timings["sample"] = time.time() - t
 
         # -- quality
@@ -236,6 +320,7 @@ class Evaluator:
         # -- noise norm
         t = time.time()
         nn_score = mm.noise_norm_score(model, mem.images, mem.captions, cfg.noise_norm_timesteps, cfg.noise_norm_draws, seed=seed + 3000)
+        _check_finite("noise-norm scores", np.asarray([nn_score["noise_norm_mean"], nn_score["noise_norm_max"]], dtype=float))
         timings["noise_norm"] = time.time() - t
 
         # -- nearest neighbours
@@ -244,6 +329,7 @@ class Evaluator:
         train_f = mm.image_features(data.train.images, extractor)
         held_f = mm.image_features(data.heldout.images, extractor)
         gen_f = mm.image_features(gens, extractor)
+        _check_finite("nearest-neighbour features of the samples", gen_f)
         threshold = mm.calibrate_threshold(held_f, train_f, cfg.replication_quantile)
         owners = np.repeat(np.asarray(ft.memorization_index, dtype=np.int64), G)
         nnm = mm.nn_memorization(gen_f, owners, train_f, threshold)
@@ -282,6 +368,7 @@ class Evaluator:
             "train_images": ft.train_size,
             "memorization_set": len(mem),
             "final_loss": float(np.mean(ft.losses[-20:])) if ft.losses else None,
+            "warnings": self._fid_warnings(quality),
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "seconds": round(time.time() - t0, 3),
         }
@@ -306,6 +393,28 @@ class Evaluator:
         if cfg.finetune.granularity == self.granularity:
             return cfg
         return replace(cfg, finetune=replace(cfg.finetune, granularity=self.granularity))
+
+    @staticmethod
+    def fid_prompts(data: DatasetSplits, memorization_captions: list[str], n: int) -> list[str]:
+        """``n`` held-out captions, cycled, never one of the memorization prompts.
+
+        A held-out caption that equals a memorization caption would ask the model for a
+        memorized image and score memorization as quality.
+        """
+        mem = set(memorization_captions)
+        held = [c for c in data.heldout.captions if c not in mem]
+        if not held:
+            raise MemrlError(f"dataset {data.name}: every held-out caption is also a memorization prompt; FID needs other prompts")
+        return [held[i % len(held)] for i in range(n)]
+
+    def _fid_warnings(self, quality: dict) -> list[str]:
+        """Say when FID is statistically weak: fewer samples than feature dimensions make the
+        covariance singular and FID biased (KID, unbiased, is the number to read then)."""
+        dim = int(quality["feature_dim"])
+        weak = [f"{quality[k]} {what}" for k, what in (("n_real", "held-out images"), ("n_fake", "samples")) if quality[k] < dim]
+        if not weak:
+            return []
+        return [f"FID is statistically weak: {' and '.join(weak)} for {dim}-d features (singular covariance); compare KID, or use more held-out images"]
 
     @staticmethod
     def _centred_pixels(x: torch.Tensor) -> torch.Tensor:
@@ -337,12 +446,12 @@ class Evaluator:
                 kid = KernelInceptionDistance(feature=feat, reset_real_features=False, subsets=50, subset_size=sub)
                 fid.update(real, real=True)
                 kid.update(real, real=True)
-                self._real_stats[key] = (fid, kid)
-            fid0, kid0 = self._real_stats[key]
+                self._real_stats[key] = (fid, kid, int(feat.num_features))
+            fid0, kid0, dim = self._real_stats[key]
             fid, kid = copy.deepcopy(fid0), copy.deepcopy(kid0)
             kid.subset_size = sub
             fid.update(fake, real=False)
             kid.update(fake, real=False)
             torch.manual_seed(0)  # KID draws its subsets from torch's global generator
             km, ks = kid.compute()
-            return {"fid": float(fid.compute()), "kid": float(km), "kid_std": float(ks), "n_real": int(real.shape[0]), "n_fake": int(fake.shape[0])}
+            return {"fid": float(fid.compute()), "kid": float(km), "kid_std": float(ks), "n_real": int(real.shape[0]), "n_fake": int(fake.shape[0]), "feature_dim": dim}

@@ -1,4 +1,4 @@
-"""The scalar reward the agent maximises: memorization-penalised FID (DESIGN section 4)."""
+"""The scalar reward the agent maximises: memorization-penalised FID (docs/design.md, section 'Reward')."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from memrl.evaluation.config import RewardConfig
 
 
 def reward(metrics: dict, reference: dict, cfg: RewardConfig) -> dict:
-    """``r = -(FID/FID_ref + lam * MEM/MEM_ref) - mu * trainable_fraction``.
+    """``r = max(floor, -(FID/FID_ref + lam * MEM/MEM_ref) - mu * trainable_fraction)``.
 
     ``reference`` is the full fine-tuning run with the same budget, so the reference itself scores
     ``-(1 + lam) - mu``. Both raw objectives are returned too, for Pareto analysis.
@@ -15,9 +15,10 @@ def reward(metrics: dict, reference: dict, cfg: RewardConfig) -> dict:
     mem_ref = max(float(reference[cfg.mem_metric]), cfg.mem_ref_floor)
     fid_term = float(metrics["fid"]) / fid_ref
     mem_term = float(metrics[cfg.mem_metric]) / mem_ref
-    r = -(fid_term + cfg.lam * mem_term) - cfg.mu * float(metrics["trainable_fraction"])
+    raw = -(fid_term + cfg.lam * mem_term) - cfg.mu * float(metrics["trainable_fraction"])
     return {
-        "reward": r,
+        "reward": max(raw, float(cfg.floor)),
+        "reward_unclipped": raw,
         "fid_norm": fid_term,
         "mem_norm": mem_term,
         "mem_metric": cfg.mem_metric,

@@ -1,6 +1,6 @@
 """Memorization metrics: how much a fine-tuned diffusion model reproduces its training images.
 
-Three complementary views (DESIGN.md section 4), all deterministic given their seeds:
+Three complementary views (docs/design.md, section 5), all deterministic given their seeds:
 
 * :func:`noise_norm_score` -- a *training-time* score after Wen et al. (ICLR 2024, "Detecting,
   explaining, and mitigating memorization in diffusion models"): a memorized caption pulls the
@@ -35,7 +35,7 @@ DEFAULT_NOISE_NORM_DRAWS = 4
 #: Default quantile of held-out-to-train nearest-neighbour similarity used as the replication threshold.
 DEFAULT_CALIBRATION_QUANTILE = 0.95
 
-#: Tiles per side for the extraction distance (4 x 4 grid, as DESIGN.md says).
+#: Tiles per side for the extraction distance (4 x 4 grid, as docs/design.md says).
 DEFAULT_EXTRACTION_TILES = 4
 #: Two images "match" when their largest tile-wise RMS distance is below this (images in [-1, 1]).
 #: Carlini et al. used 0.15 on [0, 1] images, i.e. 0.3 on memrl's twice-as-wide range; but 16 x 16
@@ -283,7 +283,7 @@ def calibrate_threshold(
     """Replication threshold: the ``quantile`` of held-out real images' similarity to their nearest training image.
 
     Real images the model never saw cross it only with probability ``1 - quantile``, so a
-    generation above it is closer to the training set than unseen real data usually is (DESIGN.md).
+    generation above it is closer to the training set than unseen real data usually is (docs/design.md, section 5).
 
     Known caveat: on 16 x 16 digits, held-out real images already sit at cosine ~0.98 from their
     nearest training image in *pixel* space, so a threshold taken from real images alone can

@@ -1,6 +1,6 @@
 """A binary mask over named units: which units' PEFT parameters train (bit 1) and which not (bit 0).
 
-A mask always carries its unit names (DESIGN.md section 2: never a bare bit-string alone), so a
+A mask always carries its unit names (docs/design.md, section 2: never a bare bit-string alone), so a
 mask saved with one model is checked, not silently misread, against another.
 """
 

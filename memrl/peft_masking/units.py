@@ -2,7 +2,7 @@
 
 A *unit* is a sub-module of a ``UNet2DConditionModel`` named by its dotted module path. The
 search space of the paper has one bit per cross-attention block (``Transformer2DModel``; SD 1.5
-has 16 of them); finer or coarser granularities are a configuration choice (DESIGN.md section 2).
+has 16 of them); finer or coarser granularities are a configuration choice (docs/design.md, section 2).
 Units are found by module path, not by class, so every diffusers UNet2DConditionModel works
 (whatever its block types), and the order is stable: down path, mid block, up path, each sorted
 numerically (``down_blocks.2`` before ``down_blocks.10``), a block's resnet before its attention

@@ -1,4 +1,4 @@
-"""Masked PEFT fine-tuning: the inner loop's training half (DESIGN section 3).
+"""Masked PEFT fine-tuning: the inner loop's training half (docs/design.md, section 4).
 
 Read top to bottom: copy the *pretrained* weights (never a previous evaluation's), wrap the UNet
 with the PEFT method inside the masked units, build the training set (a ``data_size_ratio``
@@ -21,26 +21,21 @@ import torch
 from tqdm.auto import tqdm
 
 from memrl.data.dataset import CaptionedImages, DatasetSplits
-from memrl.errors import MemrlError
+from memrl.errors import MemrlError, NonFiniteError
 from memrl.models.pipeline import DiffusionModel
-from memrl.peft_masking import Mask, apply_peft
+from memrl.peft_masking import METHOD_REGISTRY, Mask, apply_peft, get_method
 from memrl.training.losses import epsilon_loss
 
-#: Per-method learning rates, coarse-tuned by hand-run probes on the embedded default (inverted
-#: variant, default budget, seed 0; experiments/README.md). Adapters with few parameters need
-#: larger steps to fit a new domain within the same budget.
-DEFAULT_LR = {
-    "full": 5e-4,
-    "attention": 2e-3,
-    "lora": 1e-2,
-    "difffit": 3e-2,
-    "svdiff": 3e-2,
-}
+#: Per-method default learning rates, ``{method: lr}``: derived from the method registry
+#: (:data:`memrl.peft_masking.registry.METHOD_REGISTRY`, ``MethodSpec.default_lr``), where each
+#: value and its provenance live. Kept for compatibility; :meth:`FinetuneConfig.resolved_lr`
+#: reads the registry itself.
+DEFAULT_LR: dict[str, float] = {name: spec.default_lr for name, spec in METHOD_REGISTRY.items()}
 
 
 @dataclass
 class FinetuneConfig:
-    """One fine-tuning budget. ``lr=None`` takes the method's tuned default (:data:`DEFAULT_LR`)."""
+    """One fine-tuning budget. ``lr=None`` takes the method's tuned default (its registry entry's ``default_lr``)."""
 
     method: str = "lora"
     lr: float | None = None
@@ -58,11 +53,10 @@ class FinetuneConfig:
     granularity: str = "attention"
 
     def resolved_lr(self) -> float:
+        """``lr``, or the method's default learning rate from the registry (MemrlError for an unknown method)."""
         if self.lr is not None:
             return float(self.lr)
-        if self.method not in DEFAULT_LR:
-            raise MemrlError(f"unknown PEFT method {self.method!r}; valid: {', '.join(DEFAULT_LR)}")
-        return DEFAULT_LR[self.method]
+        return get_method(self.method).default_lr
 
 
 @dataclass
@@ -146,12 +140,26 @@ def finetune(
             drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
             ctx = torch.where(drop[:, None, None].to(ctx.device), empty.expand_as(ctx), ctx)
             loss = epsilon_loss(model.unet, model.scheduler, latents[idx], ctx, gen)
+            if not torch.isfinite(loss):
+                # stop before a NaN reaches the weights, the samples and the metric kernels (some of
+                # which abort the process on NaN input): the step is recorded as failed instead
+                bar.close()
+                raise NonFiniteError(
+                    f"fine-tune diverged: {cfg.method} loss is {float(loss.detach())} at step {len(losses) + 1} "
+                    f"of {cfg.steps} (lr {cfg.resolved_lr():g}); lower the learning rate"
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             losses.append(float(loss.detach()))
         bar.close()
+        # a last update can still overflow the weights (the next loss would have shown it)
+        if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise NonFiniteError(
+                f"fine-tune diverged: {cfg.method} weights are not finite after {cfg.steps} steps "
+                f"(lr {cfg.resolved_lr():g}); lower the learning rate"
+            )
     model.eval()
     model.requires_grad_(False)
     return FinetuneResult(model, peft, mem_set, mem, len(train), losses, time.time() - t0)
