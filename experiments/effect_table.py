@@ -153,7 +153,7 @@ def main() -> int:
             note = f" (nothing to train in {', '.join(empty)})" if empty else ""
             print(f"[{time.time() - t0:7.1f}s] seed {seed} {key:<34} fid {r['fid']:8.2f} nn_own {r['nn_own_rate']:.3f} repl {r['replication_rate']:.3f} reward {r['reward']:.3f}{' (cached)' if r['cached'] else ''}{note}", flush=True)
     if reused:
-        print(f"reused {reused} rows of {out.with_suffix('.json')} (same full request)")
+        print(f"reused {reused} row(s) of {out.with_suffix('.json')} (same full request)")
 
     lines = [
         f"Dataset `{data.name}`, units `{args.granularity}`, preset `{budget}`, seeds {args.seeds} (mean ± std over seeds). "

@@ -1,0 +1,62 @@
+"""Experiment scripts: what they reuse, and that their figures come from real evaluations."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _effect_table(model: Path, tmp: Path, *extra: str) -> str:
+    cmd = [sys.executable, str(ROOT / "experiments" / "effect_table.py"), "--model", str(model), "--preset", "quick", "--seeds", "0",
+           "--only", "full | all", "--cache", str(tmp / "c.sqlite"), "--out", str(tmp / "table"), *extra]  # fmt: skip
+    p = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return p.stdout
+
+
+@pytest.mark.slow
+def test_effect_table_reuses_rows_only_for_the_same_full_request(quick_model_dir, tmp_path):
+    model = quick_model_dir[0]
+    first = _effect_table(model, tmp_path)
+    assert "reused" not in first
+    again = _effect_table(model, tmp_path)
+    assert "reused 1 row(s)" in again
+    # another model with the same units, data, preset and seeds is another request: nothing
+    # stale is reprinted (the old check compared only dataset, preset, seeds and units)
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    other = tmp_path / "other-model"
+    shutil.copytree(model, other)
+    wfile = next((other / "unet").glob("*.safetensors"))
+    state = load_file(str(wfile))
+    name = next(k for k in state if k.endswith("conv_out.bias"))
+    state[name] = state[name] + 0.01
+    save_file(state, str(wfile))
+    assert "reused" not in _effect_table(other, tmp_path)
+    # another budget too
+    assert "reused" not in _effect_table(model, tmp_path, "--finetune-steps", "3")
+    rows = json.loads((tmp_path / "table.json").read_text())["results"]
+    assert all(r["units_trained"] is not None and "reuse_key" in r for rs in rows.values() for r in rs)
+
+
+def test_run_takes_the_method_from_the_config_only(quick_model_dir):
+    """``Evaluator.run`` cannot train one method and label the result with another."""
+    import inspect
+
+    from memrl.data.loaders import load_dataset
+    from memrl.evaluation import Evaluator, preset
+
+    assert "method" not in inspect.signature(Evaluator.run).parameters
+    ev = Evaluator(quick_model_dir[0])
+    cfg = preset("quick").with_method("difffit", None, 0)
+    r = ev.run(load_dataset("thick"), ev.parse_mask("none"), cfg)
+    assert r["method"] == "difffit" and r["lr"] == cfg.finetune.resolved_lr()
