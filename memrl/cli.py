@@ -142,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list:
     """Subcommands defined next to the code they drive (evaluation, agent)."""
     adders = []
-    for mod, name in (("memrl.evaluation.cli", "add_evaluate"), ("memrl.agents.cli", "add_commands")):
+    for mod, name in (
+        ("memrl.evaluation.cli", "add_evaluate"),
+        ("memrl.agents.cli", "add_commands"),
+        ("memrl.reporting.cli", "add_commands"),  # memrl report
+        ("memrl.interop.cli", "add_commands"),  # memrl export, units, datasets
+    ):
         try:
             module = __import__(mod, fromlist=[name])
         except ModuleNotFoundError as exc:
