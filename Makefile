@@ -32,6 +32,7 @@ demo: $(STAMP)
 	else $(VENV)/bin/memrl train --config experiments/digits.yaml --out $(RUN) --pretrained $(MODEL); fi
 	$(VENV)/bin/memrl replay --policy $(RUN)/policy.zip --dataset mirrored --out $(RUN)/replay-mirrored
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(RUN)/tb"
+	$(VENV)/bin/memrl report $(RUN) --out $(RUN)/report.html
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

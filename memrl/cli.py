@@ -61,6 +61,7 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="torch device: auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--quick", action="store_true", help="tiny settings for smoke tests (seconds, not a usable model)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--json", action="store_true", help="print only the JSON metrics on stdout (they are printed as JSON anyway; this drops the 'saved model' note on stderr)")
     p.set_defaults(func=_cmd_pretrain)
 
 
@@ -74,7 +75,8 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     m = pretrain(cfg, args.out, progress=not args.no_progress)
     keys = ["prompt_accuracy", "feature_accuracy", "fid", "kid", "fid_n_fake", "fid_n_real", "total_seconds"]
     print(json.dumps({k: m[k] for k in keys}))
-    print(f"saved model to {args.out} (metrics in {Path(args.out) / 'pretrain_metrics.json'})", file=sys.stderr)
+    if not args.json:
+        print(f"saved model to {args.out} (metrics in {Path(args.out) / 'pretrain_metrics.json'})", file=sys.stderr)
     return 0
 
 
@@ -86,7 +88,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
         description="Generate images with DDIM and classifier-free guidance and save them as one PNG grid "
         "(one row per prompt).",
     )
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model folder (default {DEFAULT_MODEL}, or $MEMRL_MODEL)")
+    p.add_argument("--pretrained", "--model", dest="pretrained", default=DEFAULT_MODEL, help=f"model folder (default {DEFAULT_MODEL}, or $MEMRL_MODEL); --model is an alias")
     p.add_argument("--prompt", action="append", default=None, help="a text prompt; repeat the flag for several prompts")
     p.add_argument("--prompts-file", default=None, help="a text file with one prompt per line (added to --prompt)")
     p.add_argument("-n", "--num", type=int, default=16, help="images per prompt (default 16)")
@@ -96,6 +98,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed for the initial noise")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
     p.add_argument("--batch-size", type=int, default=256, help="images denoised at once (memory vs speed)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar (--json hides it too)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (output path, prompts, counts) instead of the summary line")
     p.set_defaults(func=_cmd_sample)
 
 
@@ -115,11 +119,17 @@ def _cmd_sample(args: argparse.Namespace) -> int:
         raise MemrlError("no prompts given: pass --prompt TEXT (repeatable) or --prompts-file FILE")
     if args.num < 1:
         raise MemrlError(f"-n must be at least 1, got {args.num}")
-    model = DiffusionModel.from_pretrained(args.model, device=_device(args.device))
+    model = DiffusionModel.from_pretrained(args.pretrained, device=_device(args.device))
     full = [p for p in prompts for _ in range(args.num)]
-    images = model.generate(full, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, batch_size=args.batch_size)
+    from tqdm.auto import tqdm
+
+    with tqdm(total=len(full), unit="img", desc="sampling", disable=args.no_progress or args.json) as bar:
+        images = model.generate(full, num_inference_steps=args.steps, guidance_scale=args.guidance, seed=args.seed, batch_size=args.batch_size, callback=bar.update)
     save_grid(images, args.out, nrow=args.num)
-    print(f"wrote {len(full)} images ({len(prompts)} prompts x {args.num}) to {args.out}")
+    if args.json:
+        print(json.dumps({"out": str(args.out), "model": str(args.pretrained), "prompts": prompts, "images_per_prompt": args.num, "images": len(full), "steps": args.steps, "guidance": args.guidance, "seed": args.seed}))
+    else:
+        print(f"wrote {len(full)} images ({len(prompts)} prompts x {args.num}) to {args.out}")
     return 0
 
 

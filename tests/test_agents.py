@@ -43,7 +43,7 @@ def trained_run(quick_model_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_short_run_writes_every_artefact(trained_run):
     run, summary = trained_run
-    for name in ("policy.zip", "best_mask.json", "evaluations.csv", "pareto.csv", "policy_eval.json", "descriptor.json", "config.yaml", "evaluations.sqlite", "checkpoint/policy.zip", "best/samples.png", "best/nearest_neighbours.png"):
+    for name in ("policy.zip", "best_mask.json", "evaluations.csv", "pareto.csv", "policy_eval.json", "descriptor.json", "config.yaml", "evaluations.sqlite", "optuna.db", "checkpoint/policy.zip", "best/samples.png", "best/nearest_neighbours.png"):
         assert (run / name).exists(), name
     rs = rows(run)
     assert len(rs) == 8 and [int(r["step"]) for r in rs] == list(range(1, 9))
@@ -55,6 +55,15 @@ def test_short_run_writes_every_artefact(trained_run):
     pe = json.loads((run / "policy_eval.json").read_text())
     assert set(pe) == {"inverted", "thick", "mirrored"} and pe["mirrored"]["heldout"] is True
     assert summary["env_steps"] == 8
+    assert _optuna_trials(run) == 8  # every evaluation is a trial optuna-dashboard can open
+
+
+def _optuna_trials(run: Path) -> int:
+    import optuna
+
+    from memrl.reporting.optuna_store import default_storage
+
+    return sum(len(optuna.load_study(study_name=s.study_name, storage=default_storage(run)).trials) for s in optuna.get_all_study_summaries(default_storage(run)))
 
 
 @pytest.mark.slow
@@ -202,6 +211,7 @@ def test_resume_extends_a_finished_run(trained_run, tmp_path):
     assert [int(r["step"]) for r in rows(copy)] == list(range(1, 13))
     assert rows(copy)[:8] == rows(run)
     assert TrainConfig.load(copy / "config.yaml").train.total_timesteps == 12
+    assert _optuna_trials(copy) == 12
 
 
 @pytest.mark.slow

@@ -156,3 +156,17 @@ def test_descriptor_basis_round_trip_and_duplication(evaluator, tmp_path):
     assert duplication_rate(torch.cat([x, x])) == 1.0
     with pytest.raises(MemrlError, match="no descriptor basis"):
         DescriptorBasis.load(tmp_path / "missing.json")
+
+
+def test_gymnasium_make_with_keyword_fields(evaluator):
+    """rl-baselines3-zoo passes ``--env-kwargs`` as keyword arguments of ``gymnasium.make``."""
+    env = gymnasium.make(ENV_ID, pretrained=str(evaluator.pretrained_dir), datasets=["inverted", "thick"], preset="quick", eval_overrides=TINY, evaluator=evaluator)
+    cfg = env.unwrapped.config
+    assert cfg.datasets == ["inverted", "thick"] and cfg.preset == "quick"
+    obs, info = env.reset(seed=0)
+    assert env.observation_space.contains(obs)
+    # keyword fields override a config dict; unknown ones are refused with the valid names
+    env2 = gymnasium.make(ENV_ID, config={"pretrained": str(evaluator.pretrained_dir), "datasets": ["thick"], "preset": "search"}, preset="quick", evaluator=evaluator)
+    assert env2.unwrapped.config.preset == "quick" and env2.unwrapped.config.datasets == ["thick"]
+    with pytest.raises(MemrlError, match="unknown env field"):
+        gymnasium.make(ENV_ID, pretrained=str(evaluator.pretrained_dir), datsets=["thick"], evaluator=evaluator)

@@ -220,6 +220,13 @@ def test_kill_9_during_evaluation_then_resume_loses_and_duplicates_nothing(quick
     cr = cache_rows(run / "evaluations.sqlite")
     assert all(s == "ok" for _, s, _, _, _ in cr), cr
     assert all(c == 1 for _, _, c, _, _ in cr), cr
+    # the Optuna record follows the log: one trial per step, none from the killed run's tail
+    import optuna
+
+    from memrl.reporting.optuna_store import default_storage
+
+    url = default_storage(run)
+    assert sum(len(optuna.load_study(study_name=s.study_name, storage=url).trials) for s in optuna.get_all_study_summaries(url)) == 16
 
 
 # ---------------------------------------------------------------------------------------- masks that train nothing

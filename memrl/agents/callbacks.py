@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from memrl.agents import plots
-from memrl.agents.records import EvaluationLog, info_to_row, write_best, write_pareto
+from memrl.reporting import plots
+from memrl.reporting.records import EvaluationLog, info_to_row, write_best, write_pareto
 from memrl.metrics.names import SUMMARY_METRICS
 from memrl.utils.io import atomic_dir
 
@@ -23,7 +23,8 @@ SCALARS = ("reward", *SUMMARY_METRICS)
 
 
 class EvaluationRecordCallback(BaseCallback):
-    """Writes every evaluation to ``evaluations.csv`` and TensorBoard; keeps best/pareto files current.
+    """Writes every evaluation to ``evaluations.csv``, TensorBoard and (with ``optuna``) the Optuna
+    record; keeps best/pareto files current.
 
     TensorBoard tags (``RUN/tb/memrl``): ``eval/<metric>`` per successful evaluation,
     ``eval/trainable_pct``, ``eval/best_reward``, ``eval/cache_hit_rate``, ``eval/failures`` (the
@@ -31,8 +32,9 @@ class EvaluationRecordCallback(BaseCallback):
     figures ``masks/bit_frequency`` (heatmap over rollouts) and ``pareto/scatter``.
     """
 
-    def __init__(self, run_dir: Path, log: EvaluationLog, writer, units: list[str], mem_metric: str, history: dict | None = None) -> None:  # noqa: ANN001
+    def __init__(self, run_dir: Path, log: EvaluationLog, writer, units: list[str], mem_metric: str, history: dict | None = None, optuna=None) -> None:  # noqa: ANN001
         super().__init__()
+        self.optuna = optuna  # a memrl.reporting.optuna_store.OptunaStore, or None
         self.run_dir = Path(run_dir)
         self.log = log
         self.writer = writer
@@ -74,6 +76,8 @@ class EvaluationRecordCallback(BaseCallback):
         if rows:
             self.log.append(rows)
             write_best(self.run_dir / "best_mask.json", self.log, self.units)
+            if self.optuna is not None:
+                self.optuna.add(rows)
         return True
 
     def _on_rollout_end(self) -> None:

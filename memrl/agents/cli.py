@@ -14,14 +14,29 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         description="Train a PPO policy that proposes which UNet units to fine-tune for a dataset. Every step "
         "fine-tunes the model with the proposed mask and measures the memorization-penalised FID reward. "
         "Writes RUN/policy.zip, best_mask.json, evaluations.csv, pareto.csv, policy_eval.json, "
-        "descriptor.json, config.yaml, evaluations.sqlite (cache) and TensorBoard logs in RUN/tb/.",
+        "descriptor.json, config.yaml (the effective config, --set included), evaluations.sqlite (cache) and TensorBoard "
+        "logs in RUN/tb/. --dry-run checks everything and estimates the run's time without training or writing.",
     )
-    p.add_argument("--config", default=None, help="YAML file with env / ppo / train sections (e.g. experiments/digits.yaml); not needed with --resume")
+    p.add_argument("--config", default=None, help="YAML file with env / ppo / train sections (e.g. experiments/digits.yaml); not needed with --resume, or with --set (then the defaults are the base)")
     p.add_argument("--out", required=True, help="run folder (must be new or empty unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint (finished evaluations come back from the cache)")
-    p.add_argument("--total-timesteps", type=int, default=None, help="override train.total_timesteps (env steps = evaluations); with --resume it extends a finished run to this many steps")
-    p.add_argument("--pretrained", default=None, help="override env.pretrained (the base model folder)")
+    p.add_argument("--total-timesteps", type=int, default=None, help="override train.total_timesteps (env steps = evaluations), like --set train.total_timesteps=N; with --resume it extends a finished run to this many steps")
+    p.add_argument("--pretrained", "--model", dest="pretrained", default=None, help="override env.pretrained (the base model folder); --model is an alias")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="KEY=VALUE",
+        help="override config values, dotted keys, YAML values: env.method=lora ppo.learning_rate=1e-3 "
+        "train.total_timesteps=64 env.datasets=[inverted,thick] env.eval_overrides.finetune.steps=50 env.reward.lam=2; "
+        "sections env (EnvConfig), ppo (stable_baselines3.PPO arguments), train; checked like the config file. "
+        "Without --config the defaults are the base. With --resume only train.total_timesteps may be set",
+    )
+    p.add_argument("--report-to", nargs="+", default=None, choices=["wandb"], metavar="TRACKER", help="also mirror TensorBoard to these trackers: wandb (needs pip install 'memrl[wandb]'; WANDB_MODE=offline works); like --set train.report_to=[wandb]")
+    p.add_argument("--dry-run", action="store_true", help="check the config, the model and every dataset, build the env, time one evaluation step and estimate the run's evaluations and hours; trains nothing and writes nothing to --out")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary (or the --dry-run report) as one JSON object instead of text")
     p.set_defaults(func=_cmd_train)
 
     r = sub.add_parser(
@@ -34,9 +49,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--policy", required=True, help="RUN/policy.zip written by memrl train (config.yaml and descriptor.json must sit beside it)")
     r.add_argument("--dataset", required=True, help="built-in variant name, image folder (with metadata.csv/jsonl or .txt captions) or CSV of path + caption")
     r.add_argument("--out", required=True, help="output folder")
-    r.add_argument("--pretrained", default=None, help="base model folder (default: the one the policy was trained with)")
+    r.add_argument("--pretrained", "--model", dest="pretrained", default=None, help="base model folder (default: the one the policy was trained with); --model is an alias")
     r.add_argument("--n-repeats", type=int, default=1, help="copies of the memorization-probe images in the Stage-2 training set (default 1: no forced duplication)")
     r.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bars (--json hides them too)")
     r.add_argument("--json", action="store_true", help="print the whole report as JSON instead of a summary")
     r.set_defaults(func=_cmd_replay)
 
@@ -48,20 +64,84 @@ def _device(name: str) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    """Build the effective config (file or defaults, then ``--set`` and the flags) and check it
+    completely before :func:`memrl.agents.train.train` writes the run folder."""
     from memrl.agents.config import TrainConfig
-    from memrl.agents.train import train
+    from memrl.errors import MemrlError
+    from memrl.utils.overrides import apply_sets, flatten_sets, nest, parse_sets
 
+    sets = parse_sets(args.set)
+    if args.resume:
+        _resume_sets(args, sets)
+        if args.report_to:
+            raise MemrlError("--resume cannot take --report-to: a resumed run keeps the trackers saved in its config.yaml")
     cfg = TrainConfig.load(args.config) if args.config else None
     if args.resume:
         _check_resume_matches(args, cfg)
-    if cfg is not None:
-        if args.pretrained:
-            cfg.env.pretrained = args.pretrained
-    elif not args.resume:
-        from memrl.errors import MemrlError
+    elif cfg is None:
+        if not sets:
+            raise MemrlError("memrl train needs --config CFG or --set KEY=VALUE ... (on the defaults), or --resume with --out of an existing run")
+        cfg = TrainConfig()
+    if cfg is not None and not args.resume:
+        cfg = apply_sets(cfg, sets, source="--set")
+        flat = flatten_sets(sets)
+        for flag, key, value in (("--pretrained", "env.pretrained", args.pretrained), ("--total-timesteps", "train.total_timesteps", args.total_timesteps), ("--report-to", "train.report_to", args.report_to)):
+            if value is None:
+                continue
+            if key in flat and flat[key] != value:
+                raise MemrlError(f"{flag} {value} and --set {key}={flat[key]} disagree; give one")
+            cfg = apply_sets(cfg, nest({key: value}), source=flag)
+    if args.dry_run:
+        return _dry_run(args, cfg)
+    from memrl.agents.train import train
 
-        raise MemrlError("memrl train needs --config CFG (or --resume with --out of an existing run)")
-    train(cfg, args.out, resume=args.resume, progress=not args.no_progress, total_timesteps=args.total_timesteps)
+    echo = (lambda _s: None) if args.json else print
+    total = args.total_timesteps if args.resume else None  # a new run has it in cfg already
+    summary = train(cfg, args.out, resume=args.resume, progress=not (args.no_progress or args.json), echo=echo, total_timesteps=total)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    return 0
+
+
+def _resume_sets(args: argparse.Namespace, sets: dict) -> None:
+    """``--resume`` keeps the saved config: ``--set`` may only change ``train.total_timesteps``
+    (the run's length, like ``--total-timesteps``), which is folded into ``args.total_timesteps``."""
+    from memrl.errors import MemrlError
+    from memrl.utils.config import check_value
+    from memrl.utils.overrides import flatten_sets
+
+    flat = flatten_sets(sets)
+    other = sorted(k for k in flat if k != "train.total_timesteps")
+    if other:
+        raise MemrlError(
+            f"--resume cannot take --set {', '.join(other)}: a resumed run keeps the config saved in "
+            f"{args.out}/config.yaml so that its steps stay comparable (only train.total_timesteps may change, to extend "
+            "the run); start a new run with another --out to change settings"
+        )
+    if "train.total_timesteps" in flat:
+        total = check_value(flat["train.total_timesteps"], int, "train.total_timesteps", "--set")
+        if args.total_timesteps is not None and args.total_timesteps != total:
+            raise MemrlError(f"--total-timesteps {args.total_timesteps} and --set train.total_timesteps={total} disagree; give one")
+        args.total_timesteps = total
+
+
+def _dry_run(args: argparse.Namespace, cfg) -> int:  # noqa: ANN001
+    """``memrl train --dry-run``: see :mod:`memrl.agents.dry_run` (nothing is written to --out)."""
+    from memrl.agents.dry_run import check_run_folder, dry_run, format_report
+
+    if args.resume:  # the saved run's config, with the length --resume would give it
+        from pathlib import Path
+
+        from memrl.agents.config import TrainConfig
+        from memrl.utils.overrides import apply_sets
+
+        check_run_folder(args.out, resume=True)
+        cfg = TrainConfig.load(Path(args.out) / "config.yaml")
+        if args.total_timesteps is not None:
+            cfg = apply_sets(cfg, {"train": {"total_timesteps": args.total_timesteps}}, source="--total-timesteps")
+    quiet = args.json or args.no_progress
+    report = dry_run(cfg, args.out, resume=args.resume, progress=not quiet, echo=None if quiet else lambda s: print(f"memrl: {s}", file=sys.stderr))
+    print(json.dumps(report, default=str) if args.json else format_report(report))
     return 0
 
 
@@ -128,7 +208,7 @@ def _short(value) -> str:  # noqa: ANN001
 def _cmd_replay(args: argparse.Namespace) -> int:
     from memrl.agents.replay import replay
 
-    rep = replay(args.policy, args.dataset, args.out, pretrained=args.pretrained, n_repeats=args.n_repeats, device=_device(args.device), progress=not args.json)
+    rep = replay(args.policy, args.dataset, args.out, pretrained=args.pretrained, n_repeats=args.n_repeats, device=_device(args.device), progress=not (args.json or args.no_progress))
     if args.json:
         print(json.dumps(rep))
     else:

@@ -49,6 +49,14 @@ class TrainSettings:
     heldout_datasets: list[str] = field(default_factory=list)
     random_masks: int = 8  # random masks per dataset for the policy-vs-random comparison
     final_pictures: bool = True  # re-run the best mask once to log its sample grids
+    #: Record every evaluation as an Optuna trial (one study per dataset) for optuna-dashboard.
+    optuna: bool = True
+    #: Optuna storage URL; default ``sqlite:///RUN/optuna.db``.
+    optuna_storage: str | None = None
+    #: Mirror TensorBoard to other trackers: ``[wandb]`` (needs ``pip install memrl[wandb]``).
+    report_to: list[str] = field(default_factory=list)
+    #: Weights & Biases project (with ``report_to: [wandb]``).
+    wandb_project: str = "memrl"
 
     def __post_init__(self) -> None:
         where = "train config"
@@ -59,6 +67,13 @@ class TrainSettings:
             raise ConfigError(where, f"'vec_env' must be 'dummy' or 'subproc', got {self.vec_env!r}")
         if self.n_envs < 1:
             raise ConfigError(where, f"'n_envs' must be >= 1, got {self.n_envs}")
+        unknown = sorted(set(self.report_to) - set(REPORT_TO))
+        if unknown:
+            raise ConfigError(where, f"'report_to' has {', '.join(map(repr, unknown))}; valid: {', '.join(REPORT_TO)}")
+
+
+#: Trackers ``train.report_to`` can mirror TensorBoard to.
+REPORT_TO = ("wandb",)
 
 
 #: PPO keyword arguments memrl passes itself (``policy``, ``env``: the agent; the rest from

@@ -10,6 +10,9 @@
 5. Save ``policy.zip``; compare the policy's deterministic mask with random masks on every
    training and held-out dataset (``policy_eval.json``); re-run the best mask once for pictures;
    print a summary.
+
+Every evaluation is also an Optuna trial (``RUN/optuna.db``: ``optuna-dashboard
+sqlite:///RUN/optuna.db``), and ``train.report_to: [wandb]`` mirrors TensorBoard to W&B.
 """
 
 from __future__ import annotations
@@ -22,10 +25,12 @@ import numpy as np
 
 from memrl.agents.callbacks import EvaluationRecordCallback, ResumableCheckpointCallback, load_checkpoint, restore_rng
 from memrl.agents.config import TrainConfig
-from memrl.agents.records import EvaluationLog, write_best, write_pareto
+from memrl.reporting.records import EvaluationLog, write_best, write_pareto
 from memrl.envs.config import EnvConfig
 from memrl.envs.descriptor import DescriptorBasis
 from memrl.errors import MemrlError
+from memrl.reporting.optuna_store import OptunaStore, default_storage
+from memrl.reporting.trackers import check_available, start_trackers
 from memrl.utils.io import write_json_atomic
 
 
@@ -95,7 +100,10 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     from memrl.evaluation import Evaluator
 
     run = Path(out)
+    if cfg is not None:
+        check_available(cfg.train.report_to)
     cfg = prepare_run(cfg, run, resume, total_timesteps)
+    check_available(cfg.train.report_to)
     env_cfg = cfg.env
 
     # 1. evaluator (one per process), descriptor basis (fitted once, saved with the run)
@@ -132,11 +140,16 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
             log.truncate(0)  # interrupted before the first checkpoint: replay from the start (cache hits)
         model = PPO("MlpPolicy", venv, seed=cfg.train.seed, tensorboard_log=str(run / "tb"), device="cpu", verbose=0, **cfg.ppo)
 
-    # 4. learn
+    # 4. learn (the Optuna record mirrors the evaluation log; trackers mirror TensorBoard)
+    trackers = start_trackers(cfg.train.report_to, run, cfg.to_dict(), cfg.train.wandb_project)
     purge = int(model.num_timesteps) + 1 if ckpt is not None else None
     writer = SummaryWriter(str(run / "tb" / "memrl"), purge_step=purge)
     mem_metric = evaluator_mem_metric(env_cfg)
-    record = EvaluationRecordCallback(run, log, writer, units, mem_metric, history)
+    store = None
+    if cfg.train.optuna:
+        store = OptunaStore(cfg.train.optuna_storage or default_storage(run), units, _methods(env_cfg), mem_metric)
+        store.sync(log.rows)  # a resumed run's log was cut back to its checkpoint: so is the record
+    record = EvaluationRecordCallback(run, log, writer, units, mem_metric, history, optuna=store)
     checkpoints = ResumableCheckpointCallback(run, cfg.train.checkpoint_every, log, record)
     remaining = cfg.train.total_timesteps - int(model.num_timesteps)
     if remaining > 0:
@@ -154,6 +167,8 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
         _best_pictures(evaluator, env_cfg, best, run / "best", writer, int(model.num_timesteps))
     writer.close()
     venv.close()
+    for t in trackers:
+        t.close()
     summary = {
         "run": str(run),
         "env_steps": int(model.num_timesteps),
@@ -165,6 +180,11 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     }
     echo(format_summary(summary))
     return summary
+
+
+def _methods(env_cfg: EnvConfig) -> list[str]:
+    """The methods a run can propose (the Optuna record's categorical parameter)."""
+    return list(env_cfg.methods) if env_cfg.methods else [env_cfg.method]
 
 
 def evaluator_mem_metric(env_cfg: EnvConfig) -> str:

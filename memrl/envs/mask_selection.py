@@ -85,11 +85,18 @@ class MaskSelectionEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, config: EnvConfig | dict | None = None, evaluator=None, basis: DescriptorBasis | dict | None = None) -> None:  # noqa: ANN001
+    def __init__(self, config: EnvConfig | dict | None = None, evaluator=None, basis: DescriptorBasis | dict | None = None, **fields: Any) -> None:  # noqa: ANN001
+        """``config`` (an :class:`EnvConfig` or its dict), or its fields as keyword arguments
+        (``gymnasium.make(ENV_ID, pretrained=..., preset="quick")``, as rl-baselines3-zoo's
+        ``--env-kwargs`` passes them); keyword fields override those of ``config``."""
         super().__init__()
-        if config is None:
-            config = EnvConfig()
-        self.config = config if isinstance(config, EnvConfig) else EnvConfig.from_dict(dict(config))
+        if isinstance(config, EnvConfig):
+            config = config.to_dict() if fields else config
+        if not isinstance(config, EnvConfig):
+            merged = dict(config or {})
+            merged.update(fields)
+            config = EnvConfig.from_dict(merged, source="env kwargs")
+        self.config = config
         if evaluator is None:
             from memrl.evaluation import Evaluator
 

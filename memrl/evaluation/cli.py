@@ -30,13 +30,25 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", default="inverted", help="built-in variant name, image folder or CSV of path + caption (default: inverted)")
     p.add_argument("--pretrained", "--model", dest="pretrained", default=DEFAULT_MODEL, help=f"pretrained model folder (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, help="folder for the sample grid and the nearest-neighbour picture (and result.json)")
-    p.add_argument("--cache", default=None, help="SQLite cache file for the reference run (full fine-tuning, computed once per dataset and budget; default: OUT/evaluations.sqlite). Share one file between evaluations to compute the reference once")
-    p.add_argument("--lam", type=float, default=None, help="reward weight of the memorization term (default 1)")
-    p.add_argument("--mu", type=float, default=None, help="reward weight of the trainable fraction (default 0.1)")
-    p.add_argument("--mem-metric", default=None, choices=list(MEM_METRICS), help="memorization metric used in the reward (default nn_own_rate)")
+    p.add_argument("--cache", default=None, help="SQLite cache file for the reference run (full fine-tuning, computed once per dataset and budget; default: inside --out, OUT/evaluations.sqlite). Share one file between evaluations to compute the reference once")
+    p.add_argument(
+        "--set",
+        nargs="+",
+        action="extend",
+        default=None,
+        metavar="KEY=VALUE",
+        help="override any setting of the preset's evaluation config (memrl.evaluation.EvalConfig), dotted keys, "
+        "YAML values: finetune.steps=50 reward.lam=2 guidance_scale=1.5 n_fid_samples=64 noise_norm_timesteps=[500]; "
+        "checked like a config file (unknown keys list the valid ones). finetune.method/lr/seed/granularity come from "
+        "--method/--lr/--seed/--granularity",
+    )
+    p.add_argument("--lam", type=float, default=None, help="reward weight of the memorization term (default 1); short for --set reward.lam=X")
+    p.add_argument("--mu", type=float, default=None, help="reward weight of the trainable fraction (default 0.1); short for --set reward.mu=X")
+    p.add_argument("--mem-metric", default=None, choices=list(MEM_METRICS), help="memorization metric used in the reward (default nn_own_rate); short for --set reward.mem_metric=X")
     p.add_argument("--granularity", default="attention", choices=list(GRANULARITIES), help="what a mask bit switches: each attention block (default, SD's 16 transformer blocks), attention blocks and resnets, or whole down/mid/up blocks")
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 4)")
+    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 4); short for --set finetune.rank=N")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bars (--json hides them too)")
     p.add_argument("--json", action="store_true", help="print only the JSON object (no progress, no summary line)")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -48,16 +60,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     and reported as one line (exit status 1).
     """
     import sys
-    from dataclasses import replace
 
     import torch
 
     from memrl.data.loaders import load_dataset
     from memrl.errors import EvaluationFailed, MemrlError
-    from memrl.evaluation import Evaluator, preset
+    from memrl.evaluation import Evaluator
     from memrl.evaluation.cache import EvalCache
     from memrl.utils.io import write_json_atomic
 
+    cfg = eval_config(args)  # the cheap checks first: a --set typo costs no model load
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -65,12 +77,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     ev = Evaluator(args.pretrained, device=device, granularity=args.granularity)
     data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels)
     ev.check_data(data)
-    cfg = preset(args.preset)
-    rw = {k: v for k, v in {"lam": args.lam, "mu": args.mu, "mem_metric": args.mem_metric}.items() if v is not None}
-    if rw:
-        cfg = replace(cfg, reward=replace(cfg.reward, **rw))
-    if args.rank is not None:
-        cfg = replace(cfg, finetune=replace(cfg.finetune, rank=args.rank))
     if args.lr is not None and not args.lr > 0:
         raise MemrlError(f"--lr must be positive, got {args.lr}")
     cfg.with_method(args.method, args.lr, args.seed).finetune.resolved_lr()  # the method has a learning rate
@@ -80,7 +86,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if empty and not args.json:
         print(f"memrl: note: {', '.join(empty)} hold no {args.method} parameters; training {mask}", file=sys.stderr)
     try:
-        result = ev.evaluate(data, args.method, mask, cfg, lr=args.lr, seed=args.seed, out_dir=out, progress=not args.json)
+        result = ev.evaluate(data, args.method, mask, cfg, lr=args.lr, seed=args.seed, out_dir=out, progress=not (args.json or args.no_progress))
     except EvaluationFailed as exc:
         failed = {"dataset": data.name, "method": args.method, "mask": str(mask), "seed": args.seed, "failed": True, "error": f"{type(exc).__name__}: {exc}"}
         write_json_atomic(out / "result.json", failed)
@@ -94,3 +100,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"memrl: warning: {w}", file=sys.stderr)
     print(json.dumps(result))
     return 0
+
+
+#: ``finetune`` fields ``memrl evaluate`` sets from its own flags (``EvalConfig.with_method`` and
+#: the evaluator's granularity replace them): a ``--set`` of them would be silently lost.
+_FLAG_FIELDS = {"method": "--method", "lr": "--lr", "seed": "--seed", "granularity": "--granularity"}
+
+
+def eval_config(args: argparse.Namespace):  # noqa: ANN201
+    """The preset's :class:`EvalConfig` with ``--set`` and its one-off aliases (``--lam``, ``--mu``,
+    ``--mem-metric``, ``--rank``) applied and checked; nothing is loaded or written."""
+    from memrl.errors import MemrlError
+    from memrl.evaluation import preset
+    from memrl.utils.overrides import apply_sets, flatten_sets, nest, parse_sets
+
+    sets = parse_sets(args.set)
+    finetune = sets.get("finetune")
+    taken = sorted(k for k in finetune if k in _FLAG_FIELDS) if isinstance(finetune, dict) else []
+    if taken:
+        flags = ", ".join(f"finetune.{k} (use {_FLAG_FIELDS[k]})" for k in taken)
+        raise MemrlError(f"--set: {flags}: memrl evaluate sets {'it' if len(taken) == 1 else 'them'} from its own flag{'s' if len(taken) > 1 else ''}")
+    flat = flatten_sets(sets)
+    cfg = preset(args.preset)
+    for flag, key, value in (("--lam", "reward.lam", args.lam), ("--mu", "reward.mu", args.mu), ("--mem-metric", "reward.mem_metric", args.mem_metric), ("--rank", "finetune.rank", args.rank)):
+        if value is None:
+            continue
+        if key in flat and flat[key] != value:
+            raise MemrlError(f"{flag} {value} and --set {key}={flat[key]} disagree; give one")
+        cfg = apply_sets(cfg, nest({key: value}), source=flag)
+    return apply_sets(cfg, sets, source="--set")
