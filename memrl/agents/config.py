@@ -162,3 +162,22 @@ class TrainConfig:
         from memrl.utils.io import write_text_atomic
 
         write_text_atomic(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _register_override_schemas() -> None:
+    """``--set ppo.*`` is checked against PPO's keyword arguments and their annotations."""
+    from memrl.utils.overrides import KeywordSchema, keyword_annotations, register_mapping_schema
+
+    def params() -> dict:
+        from stable_baselines3 import PPO
+
+        return keyword_annotations(PPO.__init__, ppo_keywords())
+
+    register_mapping_schema(
+        TrainConfig,
+        "ppo",
+        KeywordSchema("stable_baselines3.PPO arguments", params, lambda: tuple(PPO_RESERVED), note="memrl sets policy, env, seed, tensorboard_log, device and verbose itself (the seed is train.seed)"),
+    )
+
+
+_register_override_schemas()

@@ -111,3 +111,15 @@ class EnvConfig:
 
     def with_(self, **kw) -> "EnvConfig":
         return replace(self, **kw)
+
+
+def _register_override_schemas() -> None:
+    """``--set env.eval_overrides.*`` / ``env.reward.*`` are checked against these dataclasses."""
+    from memrl.evaluation.config import EvalConfig, RewardConfig
+    from memrl.utils.overrides import register_mapping_schema
+
+    register_mapping_schema(EnvConfig, "eval_overrides", EvalConfig)
+    register_mapping_schema(EnvConfig, "reward", RewardConfig)
+
+
+_register_override_schemas()

@@ -206,59 +206,31 @@ class KeywordSchema(MappingSchema):
 
 
 _SCHEMAS: dict[tuple[type, str], MappingSchema] = {}
-_DEFAULTS_LOADED = False
 
 
 def register_mapping_schema(cls: type, field: str, schema: MappingSchema | type) -> None:
-    """Declare the shape of ``cls.field`` (a mapping), e.g. ``(EnvConfig, "reward") -> RewardConfig``."""
+    """Declare the shape of ``cls.field`` (a mapping), e.g. ``(EnvConfig, "reward") -> RewardConfig``.
+
+    Each config module registers its own mapping fields when it is imported (this module imports
+    no config: layers import downward only).
+    """
     _SCHEMAS[(cls, field)] = schema if isinstance(schema, MappingSchema) else DataclassSchema(schema)
 
 
 def _schema(cls: type, field: str) -> MappingSchema | None:
-    global _DEFAULTS_LOADED
-    if not _DEFAULTS_LOADED:
-        _DEFAULTS_LOADED = True
-        _register_defaults()
     for klass in cls.__mro__:
         if (klass, field) in _SCHEMAS:
             return _SCHEMAS[(klass, field)]
     return None
 
 
-def _register_defaults() -> None:
-    from memrl.envs.config import EnvConfig
-    from memrl.evaluation.config import EvalConfig, RewardConfig
-
-    register_mapping_schema(EnvConfig, "eval_overrides", EvalConfig)
-    register_mapping_schema(EnvConfig, "reward", RewardConfig)
-    try:
-        from memrl.agents.config import TrainConfig
-    except ModuleNotFoundError:  # pragma: no cover - the agent extra is not installed
-        return
-    register_mapping_schema(
-        TrainConfig,
-        "ppo",
-        KeywordSchema("stable_baselines3.PPO arguments", _ppo_params, _ppo_reserved, note="memrl sets policy, env, seed, tensorboard_log, device and verbose itself (the seed is train.seed)"),
-    )
-
-
-def _ppo_reserved() -> tuple[str, ...]:
-    from memrl.agents.config import PPO_RESERVED
-
-    return tuple(PPO_RESERVED)
-
-
-def _ppo_params() -> dict[str, Any]:
-    """``{keyword: annotation to check}`` for the ``ppo`` section (``Any`` where the checker cannot
-    model the annotation, e.g. a class)."""
+def keyword_annotations(fn: Callable, names: list[str]) -> dict[str, Any]:
+    """``{keyword: annotation to check}`` for ``names`` of ``fn``'s signature (``Any`` where the
+    checker cannot model the annotation, e.g. a class)."""
     import inspect
 
-    from stable_baselines3 import PPO
-
-    from memrl.agents.config import ppo_keywords
-
-    sig = inspect.signature(PPO.__init__).parameters
-    return {name: _checkable(sig[name].annotation) if name in sig else Any for name in ppo_keywords()}
+    sig = inspect.signature(fn).parameters
+    return {name: _checkable(sig[name].annotation) if name in sig else Any for name in names}
 
 
 _SIMPLE = (int, float, bool, str, dict, list, tuple, type(None))
