@@ -4,6 +4,8 @@ Accepted specifications:
 
 * a built-in variant of the embedded digits: ``inverted``, ``digits/inverted``, ... (see
   :data:`memrl.data.digits.VARIANTS`), or ``public`` for the pretraining split;
+* a member of the seeded dataset family on the embedded digits: ``family:<id>`` (see
+  :mod:`memrl.data.family`; ids in :data:`memrl.data.family.RANGES`, others are refused);
 * an **image folder**: images plus captions, either in ``metadata.csv`` / ``metadata.jsonl``
   (columns ``file_name`` and ``text``, the Hugging Face *imagefolder* convention) or in a
   ``.txt`` file beside each image with the same stem;
@@ -61,10 +63,15 @@ def load_dataset(
         return _resize(digits.variant_splits(name), image_size, channels)
     if name == "public":
         return _resize(digits.public_splits(), image_size, channels)
+    if s.startswith("family:"):
+        from memrl.data import family
+
+        return _resize(family.member(family.parse_spec(s)), image_size, channels)
     path = Path(s).expanduser()
     if not path.exists():
         raise MemrlError(
-            f"dataset {s!r} not found: not a built-in variant ({', '.join(digits.VARIANTS)}) and no such file or folder"
+            f"dataset {s!r} not found: not a built-in variant ({', '.join(digits.VARIANTS)}), not a family member "
+            "(family:N, see memrl datasets) and no such file or folder"
         )
     if path.is_dir():
         paths, captions, splits = _scan_folder(path)
