@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from memrl.utils.overrides import add_set_argument
+
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -22,13 +24,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out from its last checkpoint (finished evaluations come back from the cache)")
     p.add_argument("--total-timesteps", type=int, default=None, help="override train.total_timesteps (env steps = evaluations), like --set train.total_timesteps=N; with --resume it extends a finished run to this many steps")
     p.add_argument("--pretrained", "--model", dest="pretrained", default=None, help="override env.pretrained (the base model folder); --model is an alias")
-    p.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=None,
-        metavar="KEY=VALUE",
-        help="override config values, dotted keys, YAML values: env.method=lora ppo.learning_rate=1e-3 "
+    add_set_argument(
+        p,
+        "override config values, dotted keys, YAML values: env.method=lora ppo.learning_rate=1e-3 "
         "train.total_timesteps=64 env.datasets=[inverted,thick] env.eval_overrides.finetune.steps=50 env.reward.lam=2; "
         "sections env (EnvConfig), ppo (stable_baselines3.PPO arguments), train; checked like the config file. "
         "Without --config the defaults are the base. With --resume only train.total_timesteps may be set",

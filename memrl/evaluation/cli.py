@@ -7,6 +7,8 @@ import json
 import os
 from pathlib import Path
 
+from memrl.utils.overrides import add_set_argument
+
 DEFAULT_MODEL = os.environ.get("MEMRL_MODEL", "runs/digits-base")
 
 
@@ -31,13 +33,9 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", "--model", dest="pretrained", default=DEFAULT_MODEL, help=f"pretrained model folder (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, help="folder for the sample grid and the nearest-neighbour picture (and result.json)")
     p.add_argument("--cache", default=None, help="SQLite cache file for the reference run (full fine-tuning, computed once per dataset and budget; default: inside --out, OUT/evaluations.sqlite). Share one file between evaluations to compute the reference once")
-    p.add_argument(
-        "--set",
-        nargs="+",
-        action="extend",
-        default=None,
-        metavar="KEY=VALUE",
-        help="override any setting of the preset's evaluation config (memrl.evaluation.EvalConfig), dotted keys, "
+    add_set_argument(
+        p,
+        "override any setting of the preset's evaluation config (memrl.evaluation.EvalConfig), dotted keys, "
         "YAML values: finetune.steps=50 reward.lam=2 guidance_scale=1.5 n_fid_samples=64 noise_norm_timesteps=[500]; "
         "checked like a config file (unknown keys list the valid ones). finetune.method/lr/seed/granularity come from "
         "--method/--lr/--seed/--granularity",

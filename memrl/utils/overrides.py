@@ -375,3 +375,8 @@ def _coerce(value: Any, tp: Any) -> Any:
 def _short(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def add_set_argument(parser, help: str) -> None:  # noqa: ANN001, A002
+    """The ``--set KEY=VALUE ...`` option, the same on every command that takes it."""
+    parser.add_argument("--set", nargs="+", action="extend", default=None, metavar="KEY=VALUE", help=help)
