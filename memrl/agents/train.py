@@ -100,10 +100,11 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     from memrl.evaluation import Evaluator
 
     run = Path(out)
-    if cfg is not None:
+    if cfg is not None:  # a new run: refuse a missing tracker before the run folder exists
         check_available(cfg.train.report_to)
     cfg = prepare_run(cfg, run, resume, total_timesteps)
-    check_available(cfg.train.report_to)
+    if resume:  # the saved config's trackers
+        check_available(cfg.train.report_to)
     env_cfg = cfg.env
 
     # 1. evaluator (one per process), descriptor basis (fitted once, saved with the run)

@@ -78,19 +78,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.lr is not None and not args.lr > 0:
         raise MemrlError(f"--lr must be positive, got {args.lr}")
     cfg.with_method(args.method, args.lr, args.seed).finetune.resolved_lr()  # the method has a learning rate
-    mask, empty = ev.effective_mask(args.method, ev.parse_mask(args.mask), strict=True)
+    proposed = ev.parse_mask(args.mask)
+    mask, empty = ev.effective_mask(args.method, proposed, strict=True)  # refused here, before any write
     # every input is good: only now is anything written
     ev.cache = EvalCache(Path(args.cache) if args.cache else out / "evaluations.sqlite")
     if empty and not args.json:
         print(f"memrl: note: {', '.join(empty)} hold no {args.method} parameters; training {mask}", file=sys.stderr)
     try:
-        result = ev.evaluate(data, args.method, mask, cfg, lr=args.lr, seed=args.seed, out_dir=out, progress=not (args.json or args.no_progress))
+        result = ev.evaluate(data, args.method, proposed, cfg, lr=args.lr, seed=args.seed, out_dir=out, progress=not (args.json or args.no_progress))
     except EvaluationFailed as exc:
         failed = {"dataset": data.name, "method": args.method, "mask": str(mask), "seed": args.seed, "failed": True, "error": f"{type(exc).__name__}: {exc}"}
         write_json_atomic(out / "result.json", failed)
         raise
-    result["proposed_mask_bits"] = ev.parse_mask(args.mask).bitstring
-    result["empty_units"] = list(empty)
     result.pop("cached", None)
     write_json_atomic(out / "result.json", result)
     if not args.json:

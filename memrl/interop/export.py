@@ -274,10 +274,16 @@ def _saved_dir(value: Any, folder: Path, default: str) -> Path | None:
     return next((c for c in candidates if c.is_dir()), None)
 
 
-def _replay_source(doc: dict, file: Path, dataset: str | None) -> ExportSource:
+def _single_dataset(doc: dict, file: Path, dataset: str | None, what: str) -> Any:
+    """The one dataset a replay report or mask file is for; ``--dataset`` must name it, if given."""
     name = doc.get("dataset")
     if dataset is not None and not (isinstance(name, str) and _same_dataset(name, dataset)):
-        raise MemrlError(f"{file} is a replay on dataset {name!r} only; --dataset {dataset!r} does not match (leave it out)")
+        raise MemrlError(f"{file} {what.format(name=name)}; --dataset {dataset!r} does not match (leave it out)")
+    return name
+
+
+def _replay_source(doc: dict, file: Path, dataset: str | None) -> ExportSource:
+    name = _single_dataset(doc, file, dataset, "is a replay on dataset {name!r} only")
     bits = _bits(doc.get("mask_bits"), file, "mask_bits")
     mask_units = _str_list(doc.get("mask_units"), file, "mask_units")
     if bits.count("1") != len(mask_units):
@@ -322,9 +328,7 @@ def _mask_source(doc: dict, file: Path, dataset: str | None) -> ExportSource:
     bits = _bits(doc.get("bits"), file, "bits")
     selected = _str_list(doc.get("selected", [u for u, b in zip(units, bits) if b == "1"]), file, "selected")
     _check_selection(units, bits, selected, file, "")
-    name = doc.get("dataset")
-    if dataset is not None and not (isinstance(name, str) and _same_dataset(name, dataset)):
-        raise MemrlError(f"{file} holds one mask, for dataset {name!r}; --dataset {dataset!r} does not match (leave it out)")
+    name = _single_dataset(doc, file, dataset, "holds one mask, for dataset {name!r}")
     rank = doc.get("rank", 4)
     if not isinstance(rank, int) or rank < 1:
         raise MemrlError(f"{file}: 'rank' must be a positive integer, got {json.dumps(rank)}")
