@@ -42,7 +42,7 @@ from memrl.models.feature_net import FeatureNet
 from memrl.models.pipeline import DiffusionModel
 from memrl.metrics.names import SUMMARY_METRICS
 from memrl.peft_masking import Mask, enumerate_units, trainable_units
-from memrl.training.finetune import finetune
+from memrl.training.finetune import finetune, probe_groups
 from memrl.utils.images import save_grid, save_pairs
 
 #: Bumped whenever a change to this code can change a result: it is part of every cache key.
@@ -95,6 +95,40 @@ def runtime_key(device: str, dtype: torch.dtype) -> dict:
     return key
 
 
+def build_request(
+    model_hash: str,
+    feature_net_hash: str,
+    units: tuple[str, ...] | list[str],
+    granularity: str,
+    dataset_fingerprint: str,
+    mask_bits: str,
+    cfg: EvalConfig,
+    runtime: dict | None,
+) -> dict:
+    """The content of a cache key, computable without loading a model (the lookup evaluator uses it).
+
+    The reward settings are left out: the reward is computed from a cached result and the cached
+    reference, so changing ``lam`` or ``mu`` reuses every evaluation. The fine-tune runs over
+    ``units`` at ``granularity`` whatever ``cfg.finetune.granularity`` says.
+    """
+    if cfg.finetune.granularity != granularity:
+        cfg = replace(cfg, finetune=replace(cfg.finetune, granularity=granularity))
+    config = cfg.to_dict()
+    config.pop("reward", None)
+    return {
+        "eval_version": EVAL_VERSION,
+        "model": model_hash,
+        "feature_net": feature_net_hash,
+        "dataset": dataset_fingerprint,
+        "method": cfg.finetune.method,
+        "mask": mask_bits,
+        "units": list(units),
+        "lr": cfg.finetune.resolved_lr(),
+        "config": config,
+        "runtime": runtime,
+    }
+
+
 #: A held-out set smaller than this cannot give FID/KID at all (a clear error instead of a traceback).
 MIN_HELDOUT = 8
 
@@ -144,6 +178,15 @@ class Evaluator:
     def dtype(self) -> torch.dtype:
         return next(self.model.unet.parameters()).dtype
 
+    @property
+    def image_size(self) -> int:
+        """Side of the images the model makes (datasets are loaded at this size)."""
+        return int(self.model.image_size)
+
+    @property
+    def image_channels(self) -> int:
+        return int(self.model.image_channels)
+
     # ------------------------------------------------------------------ inputs
     def parse_mask(self, spec: str | Mask) -> Mask:
         if isinstance(spec, Mask):
@@ -192,27 +235,8 @@ class Evaluator:
 
     # ------------------------------------------------------------------ keys
     def request(self, data: DatasetSplits, mask: Mask, cfg: EvalConfig) -> dict:
-        """Everything that decides a result (the cache key's content).
-
-        The reward settings are left out: the reward is computed from a cached result and the
-        cached reference, so changing ``lam`` or ``mu`` reuses every evaluation.
-        """
-        cfg = self._own_units(cfg)
-        fcfg = cfg.finetune
-        config = cfg.to_dict()
-        config.pop("reward", None)
-        return {
-            "eval_version": EVAL_VERSION,
-            "model": self.model_hash,
-            "feature_net": self.feature_net_hash,
-            "dataset": data.fingerprint(),
-            "method": fcfg.method,
-            "mask": mask.bitstring,
-            "units": list(self.units),
-            "lr": fcfg.resolved_lr(),
-            "config": config,
-            "runtime": runtime_key(self.device, self.dtype),
-        }
+        """Everything that decides a result (the cache key's content); see :func:`build_request`."""
+        return build_request(self.model_hash, self.feature_net_hash, self.units, self.granularity, data.fingerprint(), mask.bitstring, cfg, runtime_key(self.device, self.dtype))
 
     # ------------------------------------------------------------------ main entry
     def evaluate(
@@ -332,7 +356,9 @@ class Evaluator:
         _check_finite("nearest-neighbour features of the samples", gen_f)
         threshold = mm.calibrate_threshold(held_f, train_f, cfg.replication_quantile)
         owners = np.repeat(np.asarray(ft.memorization_index, dtype=np.int64), G)
-        nnm = mm.nn_memorization(gen_f, owners, train_f, threshold)
+        groups = probe_groups(data.train.captions, list(ft.memorization_index))
+        shared = sum(len(g) > 1 for g in groups)
+        nnm = mm.nn_memorization(gen_f, owners, train_f, threshold, gen_owner_groups=[g for g in groups for _ in range(G)] if shared else None)
         timings["nearest_neighbour"] = time.time() - t
 
         # -- extraction attack
@@ -367,6 +393,7 @@ class Evaluator:
             "unet_params": int(peft.unet_params),
             "train_images": ft.train_size,
             "memorization_set": len(mem),
+            "memorization_shared_captions": int(shared),
             "final_loss": float(np.mean(ft.losses[-20:])) if ft.losses else None,
             "warnings": self._fid_warnings(quality),
             "timings": {k: round(v, 3) for k, v in timings.items()},

@@ -235,11 +235,14 @@ def nn_memorization(
     train_feats: np.ndarray | torch.Tensor,
     threshold: float,
     tie_tol: float = 1e-9,
+    gen_owner_groups: Sequence[Sequence[int]] | None = None,
 ) -> dict[str, float | list[int]]:
     """Nearest-neighbour replication of the memorization set.
 
     ``gen_owner[i]`` is the index (into ``train_feats``) of the training image whose caption
-    prompted generation ``i``. Returns:
+    prompted generation ``i``. ``gen_owner_groups[i]`` (optional) widens "own" to several training
+    images: the probe images that share generation ``i``'s caption (class-level captions); the
+    owner must be in its group. Returns:
 
     * ``nn_own_rate``: share of generations whose nearest training image, among *all* training
       images, is their own (ties within ``tie_tol`` count as own, so duplicate training images do
@@ -262,6 +265,15 @@ def nn_memorization(
         raise MemrlError(f"owner indices must lie in [0, {tr.shape[0] - 1}], got range [{owner.min()}, {owner.max()}]")
     idx, sim = nearest_neighbours(g, tr)
     own_sim = np.einsum("ij,ij->i", _unit_rows(g), _unit_rows(tr[owner]))
+    if gen_owner_groups is not None:
+        if len(gen_owner_groups) != g.shape[0]:
+            raise MemrlError(f"{g.shape[0]} generated feature vectors but {len(gen_owner_groups)} owner groups")
+        gu, tu = _unit_rows(g), _unit_rows(tr)
+        for i, group in enumerate(gen_owner_groups):
+            members = np.asarray(group, dtype=np.int64).reshape(-1)
+            if owner[i] not in members or members.min() < 0 or members.max() >= tr.shape[0]:
+                raise MemrlError(f"owner group {list(members)} of generation {i} must hold its owner {owner[i]} and lie in [0, {tr.shape[0] - 1}]")
+            own_sim[i] = float((tu[members] @ gu[i]).max())
     own_nearest = own_sim >= sim - tie_tol
     replicated = own_nearest & (own_sim >= float(threshold))
     owners = np.unique(owner)

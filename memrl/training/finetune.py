@@ -71,19 +71,49 @@ class FinetuneResult:
 
 
 def memorization_indices(train: CaptionedImages, n_mem: int) -> list[int]:
-    """The fixed memorization set: the first ``n_mem`` images whose caption is unique in the split.
+    """The fixed memorization set: ``n_mem`` training images chosen in a fixed order.
 
-    Unique captions make "the prompt's own training image" well defined.
+    Images whose caption is unique in the split come first: their prompt names exactly one
+    training image, so "the prompt's own image" is well defined. Datasets with class-level
+    captions (``"digit 3"`` for every 3, common in real sheets) have too few of them; the set is
+    then filled with one image per caption not used yet, and only then with images whose caption
+    another probe already has. For such probes "own" means any probe image with the same caption
+    (see :func:`probe_groups`); the base model's ``nn_own_rate`` on the same dataset is the chance
+    level to read it against (docs/design.md, section 5).
     """
     counts: dict[str, int] = {}
     for c in train.captions:
         counts[c] = counts.get(c, 0) + 1
-    idx = [i for i, c in enumerate(train.captions) if counts[c] == 1 and c.strip()][:n_mem]
+    usable = [i for i, c in enumerate(train.captions) if c.strip()]
+    idx = [i for i in usable if counts[train.captions[i]] == 1][:n_mem]
+    if len(idx) < n_mem:
+        used = {train.captions[i] for i in idx}
+        for i in usable:
+            if len(idx) == n_mem:
+                break
+            if i not in idx and train.captions[i] not in used:
+                idx.append(i)
+                used.add(train.captions[i])
+        chosen = set(idx)
+        idx += [i for i in usable if i not in chosen][: n_mem - len(idx)]
     if len(idx) < n_mem:
         raise MemrlError(
-            f"dataset {train.name}: only {len(idx)} images have a unique caption, {n_mem} needed for the memorization set"
+            f"dataset {train.name}: only {len(idx)} training images have a caption, {n_mem} needed for the memorization set "
+            "(lower finetune.n_mem, or add images)"
         )
     return idx
+
+
+def probe_groups(captions: list[str], index: list[int]) -> list[tuple[int, ...]]:
+    """For each probe ``index[k]``: the probe images (training indices) sharing its caption.
+
+    With unique captions each group is the probe alone; with repeated captions a generation for
+    ``"digit 3"`` that reproduces any probed 3 is a copy of a probed image.
+    """
+    by_caption: dict[str, list[int]] = {}
+    for i in index:
+        by_caption.setdefault(captions[i], []).append(i)
+    return [tuple(by_caption[captions[i]]) for i in index]
 
 
 def training_set(data: DatasetSplits, cfg: FinetuneConfig) -> tuple[CaptionedImages, list[int]]:
