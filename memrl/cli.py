@@ -4,6 +4,7 @@
     memrl sample     generate an image grid from a model folder
     memrl evaluate   one masked fine-tune: quality, memorization, reward
     memrl train      train the PPO mask-selection agent
+    memrl search     the baselines: Optuna samplers or every mask, on the same evaluation
     memrl replay     apply a trained policy to a new dataset
 
 Errors in user input are printed as one line (``memrl: error: ...``) with exit status 2; an
@@ -155,6 +156,7 @@ def _extra_commands() -> list:
     for mod, name in (
         ("memrl.evaluation.cli", "add_evaluate"),
         ("memrl.agents.cli", "add_commands"),
+        ("memrl.search.cli", "add_commands"),  # memrl search
         ("memrl.reporting.cli", "add_commands"),  # memrl report
         ("memrl.interop.cli", "add_commands"),  # memrl export, units, datasets
     ):

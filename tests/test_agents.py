@@ -74,7 +74,7 @@ def test_tensorboard_tags(trained_run):
     acc = EventAccumulator(str(run / "tb" / "memrl"), size_guidance={"images": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
-    for t in ("eval/reward", "eval/fid", "eval/kid", "eval/nn_own_rate", "eval/replication_rate", "eval/noise_norm_mean", "eval/trainable_pct", "eval/best_reward", "eval/cache_hit_rate"):
+    for t in ("eval/reward", "eval/fid", "eval/kid", "eval/nn_own_rate", "eval/replication_rate", "eval/text_guidance_auc", "eval/trainable_pct", "eval/best_reward", "eval/cache_hit_rate"):
         assert t in tags["scalars"], t
     for t in ("masks/bit_frequency", "pareto/scatter", "best/samples", "best/nearest_neighbours"):
         assert t in tags["images"], t

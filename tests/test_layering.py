@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1] / "memrl"
 
 #: Higher numbers may import lower ones. Packages of one rank are siblings: neither imports the other.
 RANK = {
-    "cli": 10, "interop": 9, "agents": 8, "reporting": 7, "envs": 7, "evaluation": 6, "training": 5,
+    "cli": 10, "interop": 9, "agents": 8, "search": 8, "reporting": 7, "envs": 7, "evaluation": 6, "training": 5,
     "data": 4, "metrics": 3, "peft_masking": 3, "models": 3, "utils": 2, "errors": 1, "__init__": 11,
 }  # fmt: skip
 

@@ -14,22 +14,19 @@ import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from memrl.reporting import plots
+from memrl.reporting.board import SCALARS, EvaluationBoard  # noqa: F401  (SCALARS: kept importable)
 from memrl.reporting.records import EvaluationLog, info_to_row, write_best, write_pareto
-from memrl.metrics.names import SUMMARY_METRICS
 from memrl.utils.io import atomic_dir
-
-SCALARS = ("reward", *SUMMARY_METRICS)
 
 
 class EvaluationRecordCallback(BaseCallback):
     """Writes every evaluation to ``evaluations.csv``, TensorBoard and (with ``optuna``) the Optuna
     record; keeps best/pareto files current.
 
-    TensorBoard tags (``RUN/tb/memrl``): ``eval/<metric>`` per successful evaluation,
-    ``eval/trainable_pct``, ``eval/best_reward``, ``eval/cache_hit_rate``, ``eval/failures`` (the
-    running count of failed evaluations; their penalised reward is in ``evaluations.csv``);
-    figures ``masks/bit_frequency`` (heatmap over rollouts) and ``pareto/scatter``.
+    TensorBoard tags (``RUN/tb/memrl``): those of :class:`memrl.reporting.board.EvaluationBoard`
+    (``eval/<metric>`` per successful evaluation, ``eval/trainable_pct``, ``eval/best_reward``,
+    ``eval/cache_hit_rate``, ``eval/failures``; figures ``masks/bit_frequency`` (heatmap over
+    rollouts) and ``pareto/scatter`` at every rollout's end), the same as ``memrl search`` writes.
     """
 
     def __init__(self, run_dir: Path, log: EvaluationLog, writer, units: list[str], mem_metric: str, history: dict | None = None, optuna=None) -> None:  # noqa: ANN001
@@ -40,12 +37,8 @@ class EvaluationRecordCallback(BaseCallback):
         self.writer = writer
         self.units = list(units)
         self.mem_metric = mem_metric
-        self.history = history if history is not None else {"freq": [], "steps": []}
-        self._rollout_bits: list[np.ndarray] = []
-        best = log.best()
-        self.best_reward = float(best["reward"]) if best else -np.inf
-        self.n_cached = sum(1 for r in log.rows if str(r.get("cached")) == "True")
-        self.n_failed = sum(1 for r in log.rows if str(r.get("failed")) == "True")
+        self.board = EvaluationBoard(writer, self.units, mem_metric, log.rows, history)
+        self.history = self.board.history
 
     def _on_step(self) -> bool:
         infos = self.locals.get("infos", [])
@@ -56,23 +49,7 @@ class EvaluationRecordCallback(BaseCallback):
                 continue
             step = self.num_timesteps - len(infos) + i + 1
             rows.append(info_to_row(step, i, info, float(r)))
-            self._rollout_bits.append(np.array([int(b) for b in info["mask_bits"]]))
-            self.n_cached += int(bool(info.get("cached")))
-            w = self.writer
-            if info.get("failed"):
-                self.n_failed += 1
-                w.add_scalar("eval/failures", self.n_failed, step)
-            else:
-                for k in SCALARS:
-                    v = float(r) if k == "reward" else info.get(k)
-                    if v is not None:
-                        w.add_scalar(f"eval/{k}", float(v), step)
-                w.add_scalar("eval/trainable_pct", 100.0 * float(info["trainable_fraction"]), step)
-                if float(r) > self.best_reward:
-                    self.best_reward = float(r)
-            if np.isfinite(self.best_reward):
-                w.add_scalar("eval/best_reward", self.best_reward, step)
-            w.add_scalar("eval/cache_hit_rate", self.n_cached / max(1, len(self.log.rows) + len(rows)), step)
+            self.board.add(step, info, float(r), len(self.log.rows) + len(rows))
         if rows:
             self.log.append(rows)
             write_best(self.run_dir / "best_mask.json", self.log, self.units)
@@ -81,17 +58,9 @@ class EvaluationRecordCallback(BaseCallback):
         return True
 
     def _on_rollout_end(self) -> None:
-        if self._rollout_bits:
-            self.history["freq"].append(np.mean(self._rollout_bits, axis=0).tolist())
-            self.history["steps"].append(int(self.num_timesteps))
-            self._rollout_bits = []
-            freq = np.array(self.history["freq"]).T
-            self.writer.add_figure("masks/bit_frequency", plots.mask_frequency_heatmap(freq, self.units, self.history["steps"]), self.num_timesteps)
         ok = self.log.ok_rows()
-        if ok:
-            front = write_pareto(self.run_dir / "pareto.csv", ok, self.mem_metric)
-            self.writer.add_figure("pareto/scatter", plots.pareto_scatter(ok, front, self.mem_metric), self.num_timesteps)
-        self.writer.flush()
+        front = write_pareto(self.run_dir / "pareto.csv", ok, self.mem_metric) if ok else []
+        self.board.figures(self.num_timesteps, ok, front)
 
 
 class ResumableCheckpointCallback(BaseCallback):

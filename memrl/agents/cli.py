@@ -33,6 +33,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--report-to", nargs="+", default=None, choices=["wandb"], metavar="TRACKER", help="also mirror TensorBoard to these trackers: wandb (needs pip install 'memrl[wandb]'; WANDB_MODE=offline works); like --set train.report_to=[wandb]")
     p.add_argument("--dry-run", action="store_true", help="check the config, the model and every dataset, build the env, time one evaluation step and estimate the run's evaluations and hours; trains nothing and writes nothing to --out")
+    p.add_argument(
+        "--lookup",
+        default=None,
+        metavar="DIR",
+        help="answer every evaluation from the lookup tables (*.jsonl, exported from evaluation caches, e.g. by memrl search) "
+        "under DIR instead of fine-tuning: no model is loaded and nothing is fine-tuned, so comparing agents costs no "
+        "evaluations. The tables must hold every mask the policy can propose on every training and held-out dataset with the "
+        "run's preset, eval_overrides and seed (checked first); RUN/lookup.json records them and --resume reuses them. "
+        "No final pictures; not with --dry-run",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print the summary (or the --dry-run report) as one JSON object instead of text")
     p.set_defaults(func=_cmd_train)
@@ -69,6 +79,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from memrl.utils.overrides import apply_sets, flatten_sets, nest, parse_sets
 
     sets = parse_sets(args.set)
+    lookup = getattr(args, "lookup", None)
+    if lookup is not None and args.dry_run:
+        raise MemrlError("--lookup cannot take --dry-run: a lookup run fine-tunes nothing (its checks run first, before the run folder is written); run it without --dry-run")
     if args.resume:
         _resume_sets(args, sets)
         if args.report_to:
@@ -95,7 +108,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     echo = (lambda _s: None) if args.json else print
     total = args.total_timesteps if args.resume else None  # a new run has it in cfg already
-    summary = train(cfg, args.out, resume=args.resume, progress=not (args.no_progress or args.json), echo=echo, total_timesteps=total)
+    summary = train(cfg, args.out, resume=args.resume, progress=not (args.no_progress or args.json), echo=echo, total_timesteps=total, lookup=lookup)
     if args.json:
         print(json.dumps(summary, default=str))
     return 0

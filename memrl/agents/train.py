@@ -13,6 +13,13 @@
 
 Every evaluation is also an Optuna trial (``RUN/optuna.db``: ``optuna-dashboard
 sqlite:///RUN/optuna.db``), and ``train.report_to: [wandb]`` mirrors TensorBoard to W&B.
+
+With ``lookup`` (``memrl train --lookup DIR``) every evaluation is answered from lookup tables
+(:class:`memrl.evaluation.lookup.LookupEvaluator`) instead of fine-tuning: no model is loaded and
+nothing is fine-tuned, so comparing outer loops costs no evaluations. The tables must hold every
+mask the policy can propose on every training and held-out dataset (checked before the run folder
+is written), and ``RUN/lookup.json`` records the tables; ``--resume`` answers from the same ones.
+The final pictures are skipped (a table has none).
 """
 
 from __future__ import annotations
@@ -34,15 +41,23 @@ from memrl.reporting.trackers import check_available, start_trackers
 from memrl.utils.io import write_json_atomic
 
 
-def _make_subproc_env(env_cfg: dict, basis: dict):  # noqa: ANN202
-    """Env factory for SubprocVecEnv workers: 1 torch thread each (2 cores are shared)."""
+def _make_subproc_env(env_cfg: dict, basis: dict, lookup: dict | None = None):  # noqa: ANN202
+    """Env factory for SubprocVecEnv workers: 1 torch thread each (2 cores are shared).
+
+    ``lookup``: ``{"tables": [...], "feature_net": folder}`` of the parent's lookup evaluator,
+    rebuilt in the worker (no model is loaded there either)."""
     import torch
     from stable_baselines3.common.monitor import Monitor
 
     from memrl.envs.mask_selection import MaskSelectionEnv
 
     torch.set_num_threads(1)
-    return Monitor(MaskSelectionEnv(EnvConfig.from_dict(env_cfg), basis=basis))
+    evaluator = None
+    if lookup is not None:
+        from memrl.evaluation.lookup import LookupEvaluator
+
+        evaluator = LookupEvaluator(lookup["tables"], feature_net=lookup["feature_net"])
+    return Monitor(MaskSelectionEnv(EnvConfig.from_dict(env_cfg), evaluator=evaluator, basis=basis))
 
 
 def build_vec_env(cfg: TrainConfig, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis):  # noqa: ANN001, ANN201
@@ -54,7 +69,13 @@ def build_vec_env(cfg: TrainConfig, env_cfg: EnvConfig, evaluator, basis: Descri
     n = cfg.train.n_envs
     env_cfg = env_cfg.with_(info_runtime=True)  # the evaluation log records cache hits and seconds
     if cfg.train.vec_env == "subproc" and n > 1:
-        return SubprocVecEnv([partial(_make_subproc_env, env_cfg.to_dict(), basis.to_dict()) for _ in range(n)], start_method="spawn")
+        from memrl.evaluation.lookup import LookupEvaluator
+
+        lookup = None
+        if isinstance(evaluator, LookupEvaluator):
+            fn = evaluator.feature_net_dir
+            lookup = {"tables": [str(t) for t in evaluator.tables], "feature_net": str(fn) if fn is not None else None}
+        return SubprocVecEnv([partial(_make_subproc_env, env_cfg.to_dict(), basis.to_dict(), lookup) for _ in range(n)], start_method="spawn")
     return DummyVecEnv([lambda: Monitor(MaskSelectionEnv(env_cfg, evaluator=evaluator, basis=basis)) for _ in range(n)])
 
 
@@ -87,12 +108,95 @@ def prepare_run(cfg: TrainConfig | None, run: Path, resume: bool, total_timestep
     return cfg
 
 
-def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progress: bool = True, echo=print, total_timesteps: int | None = None) -> dict:  # noqa: ANN001
+#: The run's record of the lookup tables it answers from (``memrl train --lookup``).
+LOOKUP_RECORD = "lookup.json"
+
+
+def run_lookup(run: Path, lookup: str | Path | None, resume: bool) -> Path | None:
+    """The lookup folder a run answers from: ``lookup`` for a new run; for ``resume`` the one in
+    ``RUN/lookup.json`` (a different ``lookup``, or one for a run that fine-tuned, is refused)."""
+    if not resume:
+        return Path(lookup) if lookup is not None else None
+    record = run / LOOKUP_RECORD
+    saved = Path(json.loads(record.read_text())["lookup"]) if record.is_file() else None
+    if saved is None:
+        if lookup is not None and (run / "config.yaml").is_file():
+            raise MemrlError(f"cannot resume {run} with --lookup: its evaluations were fine-tuned (it has no {LOOKUP_RECORD}); resume it without --lookup")
+        return Path(lookup) if lookup is not None else None
+    if lookup is not None and Path(lookup).expanduser().resolve() != saved:
+        raise MemrlError(f"cannot resume {run} with --lookup {lookup}: it answers from the lookup tables in {saved} ({run / LOOKUP_RECORD}); resume without --lookup")
+    return saved
+
+
+def lookup_evaluator(lookup: str | Path, cfg: TrainConfig):  # noqa: ANN201
+    """The :class:`~memrl.evaluation.lookup.LookupEvaluator` of ``lookup``, checked against the run.
+
+    The tables must be over ``env.granularity`` and hold every dataset (training and held-out),
+    and for each every mask the policy can propose with each method and learning rate of the action
+    space, plus the reference and pretrained rows: a policy may propose any mask, and a missing
+    one would stop the run. The feature network (the dataset descriptor) is the tables' model's,
+    or ``env.pretrained``'s when that one is the same network.
+    """
+    from memrl.data.loaders import load_dataset
+    from memrl.evaluation.lookup import LookupEvaluator
+    from memrl.training.finetune import FinetuneConfig
+
+    env_cfg = cfg.env
+    ev = LookupEvaluator.from_dir(lookup)
+    where = f"--lookup {lookup}"
+    if ev.granularity != env_cfg.granularity:
+        raise MemrlError(f"{where}: the tables are over {ev.granularity!r} units, the run's env.granularity is {env_cfg.granularity!r}; set env.granularity={ev.granularity}")
+    if ev.feature_net is None and (Path(env_cfg.pretrained) / "feature_net").is_dir():
+        ev.set_feature_net(Path(env_cfg.pretrained) / "feature_net")
+    ev.require_feature_net()
+    ecfg = env_cfg.eval_config()
+    methods = list(env_cfg.methods) or [env_cfg.method]
+    gaps = []
+    for name in list(env_cfg.datasets) + [d for d in cfg.train.heldout_datasets if d not in env_cfg.datasets]:
+        data = load_dataset(name, ev.image_size, ev.image_channels)
+        try:
+            ev.check_data(data)
+        except MemrlError as exc:
+            raise MemrlError(f"{where}: {exc}") from None
+        for method in methods:
+            lrs = [FinetuneConfig(method=method).resolved_lr() * s for s in env_cfg.lr_scales] if env_cfg.lr_scales else [None]
+            for lr in lrs:
+                c = ev.coverage(data, method, ecfg, lr=lr, seed=env_cfg.seed)
+                if c["masks"] < c["possible"] or not c["reference"] or not c["base"]:
+                    lack = [f"{c['masks']} of {c['possible']} masks"] + [what for what, ok in (("no reference run", c["reference"]), ("no pretrained-model row", c["base"])) if not ok]
+                    gaps.append(f"{method} on {name} (seed {env_cfg.seed}, lr {'default' if lr is None else f'{lr:g}'}): {', '.join(lack)}")
+    if gaps:
+        raise MemrlError(
+            f"{where} cannot answer this run: {'; '.join(gaps[:4])}{'; ...' if len(gaps) > 4 else ''}; a policy may propose any mask, "
+            "so the tables need every one (evaluate them all, e.g. with an exhaustive memrl search, and export the table), "
+            "with the run's preset, eval_overrides and seed"
+        )
+    return ev
+
+
+def lookup_record(lookup: str | Path, evaluator) -> dict:  # noqa: ANN001
+    """What ``RUN/lookup.json`` (and the summary) say about the tables a run answered from."""
+    return {
+        "lookup": str(Path(lookup).expanduser().resolve()),
+        "tables": [str(p) for p in evaluator.tables],
+        "rows": evaluator.n_rows,
+        "units": list(evaluator.units),
+        "granularity": evaluator.granularity,
+        "model": evaluator.model_hash,
+        "feature_net": evaluator.feature_net_hash,
+        "eval_version": evaluator.meta.get("eval_version"),
+    }
+
+
+def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progress: bool = True, echo=print, total_timesteps: int | None = None, lookup: str | Path | None = None) -> dict:  # noqa: ANN001
     """Run (or, with ``resume``, continue) ``memrl train``; returns the summary it prints.
 
     ``total_timesteps`` overrides ``cfg.train.total_timesteps`` (saved with the run); with
     ``resume`` it changes the saved run's length, e.g. to extend a finished run: the continuation
     is the same as a run started with that length (every RNG is restored).
+
+    ``lookup``: a folder of lookup tables answering every evaluation instead of fine-tuning (see
+    the module docstring); a resumed run uses the tables it was started with.
     """
     from stable_baselines3 import PPO
     from torch.utils.tensorboard import SummaryWriter
@@ -102,13 +206,24 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     run = Path(out)
     if cfg is not None:  # a new run: refuse a missing tracker before the run folder exists
         check_available(cfg.train.report_to)
+    lookup = run_lookup(run, lookup, resume)
+    evaluator = None
+    if lookup is not None and not resume and cfg is not None:  # refuse tables that cannot answer the run before its folder exists
+        evaluator = lookup_evaluator(lookup, cfg)
     cfg = prepare_run(cfg, run, resume, total_timesteps)
     if resume:  # the saved config's trackers
         check_available(cfg.train.report_to)
     env_cfg = cfg.env
 
     # 1. evaluator (one per process), descriptor basis (fitted once, saved with the run)
-    evaluator = Evaluator(env_cfg.pretrained, device=env_cfg.device, cache=env_cfg.cache, granularity=env_cfg.granularity)
+    if lookup is None:
+        evaluator = Evaluator(env_cfg.pretrained, device=env_cfg.device, cache=env_cfg.cache, granularity=env_cfg.granularity)
+    else:
+        if evaluator is None:
+            evaluator = lookup_evaluator(lookup, cfg)
+        echo(f"answering every evaluation from the lookup tables in {lookup} (nothing is fine-tuned)")
+        if not (run / LOOKUP_RECORD).is_file():
+            write_json_atomic(run / LOOKUP_RECORD, lookup_record(lookup, evaluator))
     units = list(evaluator.units)
     basis_path = run / "descriptor.json"
     if basis_path.is_file():
@@ -116,8 +231,11 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     else:
         from memrl.data.loaders import load_dataset
 
-        m = evaluator.model
-        basis = DescriptorBasis.fit(evaluator.feature_net, [load_dataset(d, m.image_size, m.image_channels) for d in env_cfg.datasets], env_cfg.descriptor_components)
+        if lookup is not None:
+            evaluator.require_feature_net()
+        basis = DescriptorBasis.fit(
+            evaluator.feature_net, [load_dataset(d, evaluator.image_size, evaluator.image_channels) for d in env_cfg.datasets], env_cfg.descriptor_components
+        )
         basis.save(basis_path)
 
     # 2. environments
@@ -165,7 +283,10 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     comparison = compare_policy(model, env_cfg, evaluator, basis, cfg.train.heldout_datasets, cfg.train.random_masks, cfg.train.seed, progress)
     write_json_atomic(run / "policy_eval.json", comparison)
     if cfg.train.final_pictures and best is not None:
-        _best_pictures(evaluator, env_cfg, best, run / "best", writer, int(model.num_timesteps))
+        if lookup is None:
+            _best_pictures(evaluator, env_cfg, best, run / "best", writer, int(model.num_timesteps))
+        else:
+            echo("final pictures skipped: a lookup table has none (re-run the best mask with memrl evaluate for samples)")
     writer.close()
     venv.close()
     for t in trackers:
@@ -179,6 +300,8 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
         "best": best,
         "policy_vs_random": comparison,
     }
+    if lookup is not None:
+        summary["lookup"] = lookup_record(lookup, evaluator)
     echo(format_summary(summary))
     return summary
 
@@ -251,8 +374,7 @@ def _best_pictures(evaluator, env_cfg: EnvConfig, best: dict, out: Path, writer,
     from PIL import Image
 
     from memrl.data.loaders import load_dataset
-    m = evaluator.model
-    data = load_dataset(best["dataset"], m.image_size, m.image_channels)
+    data = load_dataset(best["dataset"], evaluator.image_size, evaluator.image_channels)
     lr = best["lr"] if isinstance(best["lr"], float) else None
     evaluator.evaluate(data, best["method"], best["mask_bits"], env_cfg.eval_config(), lr=lr, seed=env_cfg.seed, out_dir=out)
     for name, tag in (("samples.png", "best/samples"), ("nearest_neighbours.png", "best/nearest_neighbours")):
@@ -264,6 +386,8 @@ def _best_pictures(evaluator, env_cfg: EnvConfig, best: dict, out: Path, writer,
 
 def format_summary(s: dict) -> str:
     lines = [f"run {s['run']}: {s['env_steps']} env steps, {s['evaluations']} evaluations ({s['fresh_evaluations']} fresh), {s['pareto_points']} Pareto points"]
+    if s.get("lookup"):
+        lines.append(f"every evaluation answered from the lookup tables in {s['lookup']['lookup']} (nothing fine-tuned)")
     b = s.get("best")
     if b:
         mt = b["metrics"]

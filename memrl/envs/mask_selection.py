@@ -42,6 +42,8 @@ from gymnasium import spaces
 from memrl.envs.config import EnvConfig
 from memrl.envs.descriptor import DescriptorBasis
 from memrl.errors import MemrlError
+from memrl.evaluation import space
+from memrl.evaluation.protocol import evaluate_proposal
 
 N_METRICS = 5  # fid ratio, mem ratio, trainable fraction, reward, horizon share
 #: Wall-clock facts of a step: in ``info`` only with ``info_runtime`` (they differ between two
@@ -50,30 +52,15 @@ RUNTIME_INFO = ("cached", "seconds", "computed_seconds", "timings")
 
 
 def action_dims(n_units: int, cfg: EnvConfig) -> list[int]:
-    """Sizes of the action's dimensions: one bit per unit, then optional method and lr buckets."""
-    extra = ([len(cfg.methods)] if len(cfg.methods) > 1 else []) + ([len(cfg.lr_scales)] if len(cfg.lr_scales) > 1 else [])
-    return [2] * n_units + extra
+    """Sizes of the action's dimensions: one bit per unit, then optional method and lr buckets
+    (:func:`memrl.evaluation.space.action_dims` with the config's choices)."""
+    return space.action_dims(n_units, cfg.methods, cfg.lr_scales)
 
 
 def decode_action(action, n_units: int, cfg: EnvConfig) -> tuple[np.ndarray, str, float | None]:  # noqa: ANN001
-    """Action -> (mask bits, method, learning rate; ``None`` means the method's default)."""
-    a = np.asarray(action).astype(np.int64).reshape(-1)
-    dims = action_dims(n_units, cfg)
-    if a.shape[0] != len(dims):
-        raise MemrlError(f"action has {a.shape[0]} entries, expected {len(dims)} ({n_units} unit bits + {len(dims) - n_units} extra dims)")
-    bits = (a[:n_units] > 0).astype(np.int64)
-    i = n_units
-    method = cfg.methods[0] if len(cfg.methods) == 1 else cfg.method
-    if len(cfg.methods) > 1:
-        method = cfg.methods[int(a[i])]
-        i += 1
-    lr = None
-    if cfg.lr_scales:
-        from memrl.training.finetune import FinetuneConfig
-
-        scale = cfg.lr_scales[int(a[i])] if len(cfg.lr_scales) > 1 else cfg.lr_scales[0]
-        lr = FinetuneConfig(method=method).resolved_lr() * scale
-    return bits, method, lr
+    """Action -> (mask bits, method, learning rate; ``None`` means the method's default); see
+    :func:`memrl.evaluation.space.decode_action`, the one encoding the env, search and replay share."""
+    return space.decode_action(action, n_units, cfg.method, cfg.methods, cfg.lr_scales)
 
 
 def observation(descriptor: np.ndarray, mask: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -88,7 +75,12 @@ class MaskSelectionEnv(gym.Env):
     def __init__(self, config: EnvConfig | dict | None = None, evaluator=None, basis: DescriptorBasis | dict | None = None, **fields: Any) -> None:  # noqa: ANN001
         """``config`` (an :class:`EnvConfig` or its dict), or its fields as keyword arguments
         (``gymnasium.make(ENV_ID, pretrained=..., preset="quick")``, as rl-baselines3-zoo's
-        ``--env-kwargs`` passes them); keyword fields override those of ``config``."""
+        ``--env-kwargs`` passes them); keyword fields override those of ``config``.
+
+        ``evaluator``: any :class:`memrl.evaluation.protocol.MaskEvaluator` (the real
+        :class:`~memrl.evaluation.Evaluator` is built from the config when none is given); the env
+        reads only that interface (units, image size and channels, the feature network for the
+        descriptor, ``effective_mask`` and ``evaluate``)."""
         super().__init__()
         if isinstance(config, EnvConfig):
             config = config.to_dict() if fields else config
@@ -105,9 +97,12 @@ class MaskSelectionEnv(gym.Env):
         self.units = tuple(evaluator.units)
         self.n_units = len(self.units)
         self.eval_config = self.config.eval_config()
+        self.failure_reward = self.config.resolved_failure_reward()  # a bad one is refused here, not at the first failure
         self._data: dict[str, Any] = {}
         self._descriptors: dict[str, np.ndarray] = {}
         if basis is None:
+            if getattr(evaluator, "feature_net", None) is None:
+                raise MemrlError(f"{type(evaluator).__name__} has no feature network to describe datasets with; pass the run's descriptor basis (basis=DescriptorBasis.load(RUN/descriptor.json))")
             basis = DescriptorBasis.fit(evaluator.feature_net, [self._dataset(d) for d in self.config.datasets], self.config.descriptor_components)
         self.basis = basis if isinstance(basis, DescriptorBasis) else DescriptorBasis.from_dict(basis)
 
@@ -126,12 +121,13 @@ class MaskSelectionEnv(gym.Env):
         if spec not in self._data:
             from memrl.data.loaders import load_dataset
 
-            m = self.evaluator.model
-            self._data[spec] = load_dataset(spec, m.image_size, m.image_channels)
+            self._data[spec] = load_dataset(spec, self.evaluator.image_size, self.evaluator.image_channels)
         return self._data[spec]
 
     def descriptor(self, spec: str) -> np.ndarray:
         if spec not in self._descriptors:
+            if getattr(self.evaluator, "feature_net", None) is None:
+                raise MemrlError(f"cannot describe dataset {spec!r}: {type(self.evaluator).__name__} has no feature network")
             self._descriptors[spec] = self.basis.describe(self.evaluator.feature_net, self._dataset(spec))
         return self._descriptors[spec]
 
@@ -164,41 +160,22 @@ class MaskSelectionEnv(gym.Env):
         return self._obs(), {"dataset": self.dataset_name, "units": list(self.units)}
 
     def step(self, action):  # noqa: ANN001, ANN201
-        from memrl.peft_masking import Mask
-
         bits, method, lr = self.decode(action)
-        proposed = Mask.from_bits([int(b) for b in bits], self.units)
-        trained, empty = self.evaluator.effective_mask(method, proposed)
         data = self._dataset(self.dataset_name)
         self._t += 1
-        info: dict[str, Any] = {
-            "dataset": self.dataset_name,
-            "mask": str(trained),
-            "mask_bits": trained.bitstring,
-            "mask_units": list(trained.selected),
-            "proposed_mask_bits": proposed.bitstring,
-            "empty_units": list(empty),
-            "method": method,
-            "step_in_episode": self._t,
-        }
         self._mask = bits.astype(np.float32)
-        try:
-            result = self.evaluator.evaluate(data, method, trained, self.eval_config, lr=lr, seed=self.config.seed)
-        except MemrlError:
-            raise  # the caller's mistake (bad data, bad config): no action would fix it
-        except Exception as exc:  # a failed evaluation: recorded in the cache as failed, penalised here
-            info.update({"failed": True, "error": f"{type(exc).__name__}: {exc}"})
-            reward = self.config.resolved_failure_reward()
+        reward, info = evaluate_proposal(
+            self.evaluator, data, self.dataset_name, bits, method, lr, self.eval_config, self.config.seed, self.failure_reward
+        )
+        info["step_in_episode"] = self._t
+        if info["failed"]:
             self._last = np.array([0, 0, 0, reward, self._t / self.config.horizon], dtype=np.float32)
             return self._obs(), reward, True, False, info
-        reward = float(result["reward"])
-        info.update({k: v for k, v in result.items() if k not in info})
-        info["failed"] = False
         if not self.config.info_runtime:
             for k in RUNTIME_INFO:
                 info.pop(k, None)
         self._last = np.array(
-            [result["fid_norm"], result["mem_norm"], result["trainable_fraction"], reward, self._t / self.config.horizon],
+            [info["fid_norm"], info["mem_norm"], info["trainable_fraction"], reward, self._t / self.config.horizon],
             dtype=np.float32,
         )
         terminated = self._t >= self.config.horizon

@@ -62,6 +62,8 @@ class EvalConfig:
     nn_features: str = "pixels"
     #: Features for FID/KID: ``feature_net`` (offline, default) or ``inception`` (needs torch-fidelity + weights).
     fid_features: str = "feature_net"
+    #: Bootstrap resamples for FID's 95% interval (``fid_ci_low``/``fid_ci_high``); 0 turns it off.
+    fid_bootstrap: int = 200
     replication_quantile: float = 0.95
     extraction_threshold: float = 0.15
     extraction_min_matches: int = 3

@@ -46,7 +46,7 @@ from memrl.training.finetune import finetune, probe_groups
 from memrl.utils.images import save_grid, save_pairs
 
 #: Bumped whenever a change to this code can change a result: it is part of every cache key.
-EVAL_VERSION = 2
+EVAL_VERSION = 3
 
 
 @contextmanager
@@ -269,7 +269,20 @@ class Evaluator:
             ref = self.reference(data, cfg, progress=progress)
             result.update(compute_reward(result, ref, cfg.reward))
             result["reference"] = {k: ref[k] for k in SUMMARY_METRICS}
+            base = self.base(data, cfg, progress=progress)
+            result["base"] = {k: base[k] for k in SUMMARY_METRICS}
+            result["nn_own_rate_base"] = base["nn_own_rate"]
         return result
+
+    def base(self, data: DatasetSplits, cfg: EvalConfig, progress: bool = False) -> dict:
+        """The pretrained model, not fine-tuned, measured like any mask (cached; one per dataset and seed).
+
+        Its ``nn_own_rate`` is the chance level: how often a generation's nearest training image
+        is the probe's own one without ever having seen it (high when captions are class-level or
+        the digits look alike).
+        """
+        bcfg = cfg.with_method("full", None, cfg.finetune.seed)
+        return self._cached_run(data, Mask.parse("none", self.units), bcfg, None, progress)
 
     def reference(self, data: DatasetSplits, cfg: EvalConfig, progress: bool = False) -> dict:
         """Full fine-tuning of the whole UNet with the same budget, data and seed (cached)."""
@@ -329,17 +342,23 @@ class Evaluator:
         mem = ft.memorization_set
         G = cfg.gens_per_prompt
         mem_prompts = [c for c in mem.captions for _ in range(G)]
-        gens = model.generate(mem_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 1000, batch_size=cfg.sample_batch_size)
+        gens, mem_guidance = model.generate(
+            mem_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 1000, batch_size=cfg.sample_batch_size, return_guidance_norms=True
+        )
         fid_prompts = self.fid_prompts(data, mem.captions, cfg.n_fid_samples)
-        fid_samples = model.generate(fid_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 2000, batch_size=cfg.sample_batch_size)
+        fid_samples, held_guidance = model.generate(
+            fid_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 2000, batch_size=cfg.sample_batch_size, return_guidance_norms=True
+        )
         _check_finite("samples for the memorization prompts", gens)
         _check_finite("samples for the held-out prompts", fid_samples)
         timings["sample"] = time.time() - t
 
         # -- quality
         t = time.time()
-        quality = self._fid_kid(data, fid_samples, cfg.fid_features)
+        quality = self._fid_kid(data, fid_samples, cfg.fid_features, cfg.fid_bootstrap)
         timings["fid_kid"] = time.time() - t
+        _check_finite("text-guidance magnitudes", torch.cat([mem_guidance, held_guidance]))
+        detection = mm.text_guidance_detection(mem_guidance.numpy(), held_guidance.numpy())
 
         # -- noise norm
         t = time.time()
@@ -379,8 +398,12 @@ class Evaluator:
             "fid": quality["fid"],
             "kid": quality["kid"],
             "kid_std": quality["kid_std"],
+            "fid_ci_low": quality["fid_ci_low"],
+            "fid_ci_high": quality["fid_ci_high"],
+            "fid_noise_floor": quality["fid_noise_floor"],
             "fid_n_real": quality["n_real"],
             "fid_n_fake": quality["n_fake"],
+            **detection,
             "noise_norm_mean": float(nn_score["noise_norm_mean"]),
             "noise_norm_max": float(nn_score["noise_norm_max"]),
             "nn_own_rate": nnm["nn_own_rate"],
@@ -423,12 +446,18 @@ class Evaluator:
 
     @staticmethod
     def fid_prompts(data: DatasetSplits, memorization_captions: list[str], n: int) -> list[str]:
-        """``n`` held-out captions, cycled, never one of the memorization prompts.
+        """``n`` held-out captions, cycled, never a memorization prompt that names one training image.
 
-        A held-out caption that equals a memorization caption would ask the model for a
-        memorized image and score memorization as quality.
+        A held-out caption equal to a probe's *unique* caption would ask the model for a memorized
+        image and score memorization as quality, so it is left out. Class-level captions
+        (``"digit 3"`` for every 3) are kept: leaving them out would drop whole classes from the
+        samples while the real held-out set keeps them; that the model may answer them with a
+        memorized probe is then part of its quality.
         """
-        mem = set(memorization_captions)
+        counts: dict[str, int] = {}
+        for c in data.train.captions:
+            counts[c] = counts.get(c, 0) + 1
+        mem = {c for c in memorization_captions if counts.get(c, 0) == 1}
         held = [c for c in data.heldout.captions if c not in mem]
         if not held:
             raise MemrlError(f"dataset {data.name}: every held-out caption is also a memorization prompt; FID needs other prompts")
@@ -450,10 +479,15 @@ class Evaluator:
         f = x.flatten(1).double()
         return f - f.mean(dim=1, keepdim=True)
 
-    def _fid_kid(self, data: DatasetSplits, fake: torch.Tensor, features: str = "feature_net") -> dict:
-        """FID/KID with the real-set features computed once per dataset and reused."""
+    def _fid_kid(self, data: DatasetSplits, fake: torch.Tensor, features: str = "feature_net", n_boot: int = 200) -> dict:
+        """FID (torchmetrics) with a bootstrap interval and the real set's noise floor, and KID.
+
+        The real-set features and statistics are computed once per dataset and reused.
+        """
         from torchmetrics.image.fid import FrechetInceptionDistance
         from torchmetrics.image.kid import KernelInceptionDistance
+
+        from memrl.metrics.quality import fid_bootstrap, fid_noise_floor
 
         if features not in ("feature_net", "inception"):
             raise MemrlError(f"fid_features must be 'feature_net' or 'inception', got {features!r}")
@@ -470,15 +504,30 @@ class Evaluator:
                 else:
                     feat = _Features(self.feature_net)
                 fid = FrechetInceptionDistance(feature=feat, reset_real_features=False)
-                kid = KernelInceptionDistance(feature=feat, reset_real_features=False, subsets=50, subset_size=sub)
+                kid = KernelInceptionDistance(feature=feat, subsets=50, subset_size=sub, reset_real_features=False)
                 fid.update(real, real=True)
                 kid.update(real, real=True)
-                self._real_stats[key] = (fid, kid, int(feat.num_features))
-            fid0, kid0, dim = self._real_stats[key]
+                with torch.no_grad():
+                    real_f = feat(real).double().cpu().numpy()
+                self._real_stats[key] = (fid, kid, int(feat.num_features), feat, real_f, fid_noise_floor(real_f))
+            fid0, kid0, dim, feat, real_f, floor = self._real_stats[key]
             fid, kid = copy.deepcopy(fid0), copy.deepcopy(kid0)
             kid.subset_size = sub
             fid.update(fake, real=False)
             kid.update(fake, real=False)
             torch.manual_seed(0)  # KID draws its subsets from torch's global generator
             km, ks = kid.compute()
-            return {"fid": float(fid.compute()), "kid": float(km), "kid_std": float(ks), "n_real": int(real.shape[0]), "n_fake": int(fake.shape[0]), "feature_dim": dim}
+            with torch.no_grad():
+                fake_f = feat(fake).double().cpu().numpy()
+            ci = fid_bootstrap(real_f, fake_f, n_boot=n_boot) if n_boot > 0 else {"fid_ci_low": None, "fid_ci_high": None}
+            return {
+                "fid": float(fid.compute()),
+                "kid": float(km),
+                "kid_std": float(ks),
+                "fid_ci_low": ci["fid_ci_low"],
+                "fid_ci_high": ci["fid_ci_high"],
+                "fid_noise_floor": float(floor),
+                "n_real": int(real.shape[0]),
+                "n_fake": int(fake.shape[0]),
+                "feature_dim": dim,
+            }

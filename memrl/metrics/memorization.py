@@ -124,6 +124,27 @@ def image_features(
         return run()
 
 
+# --------------------------------------------------------------------------- text guidance (Wen et al.)
+def text_guidance_detection(memorized: Sequence[float] | np.ndarray, heldout: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """Wen et al.'s detection (ICLR 2024) as published: the magnitude of the text-conditional minus
+    unconditional noise prediction, averaged along the *sampling* trajectory, per generation
+    (:meth:`memrl.models.pipeline.DiffusionModel.generate` with ``return_guidance_norms``).
+
+    Generations for memorization prompts (label 1) against generations for held-out prompts
+    (label 0): ``text_guidance_auc`` is the ROC AUC of the magnitude as a detector (0.5 = the
+    prompts the model was trained to repeat are indistinguishable; 1 = every memorized prompt
+    scores above every held-out one), beside the two mean magnitudes.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    m = np.asarray(memorized, dtype=np.float64).reshape(-1)
+    h = np.asarray(heldout, dtype=np.float64).reshape(-1)
+    if m.size == 0 or h.size == 0:
+        raise MemrlError(f"text-guidance detection needs scores for both groups, got {m.size} memorized and {h.size} held-out")
+    auc = roc_auc_score(np.r_[np.ones(m.size), np.zeros(h.size)], np.r_[m, h])
+    return {"text_guidance_auc": float(auc), "text_guidance_mem": float(m.mean()), "text_guidance_heldout": float(h.mean())}
+
+
 # --------------------------------------------------------------------------- noise norm
 @torch.no_grad()
 def noise_norm_score(

@@ -124,11 +124,16 @@ class DiffusionModel(torch.nn.Module):
         batch_size: int = 256,
         eta: float = 0.0,
         callback: Callable[[int], None] | None = None,
-    ) -> torch.Tensor:
+        return_guidance_norms: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Images (``N x C x H x W``, CPU float32, [-1, 1]) for ``prompts``, deterministic given ``seed``.
 
         Initial noise is drawn for all prompts at once from a CPU generator, so sample ``i``
         does not depend on the batch size or device. Classifier-free guidance uses the empty prompt.
+
+        ``return_guidance_norms``: also return, per sample, ``|| eps(x_t, c) - eps(x_t, "") ||_2``
+        averaged over the sampling steps (Wen et al.'s memorization signal; free with guidance,
+        one extra unconditional prediction per step without it).
         """
         prompts = list(prompts)
         if not prompts:
@@ -139,7 +144,7 @@ class DiffusionModel(torch.nn.Module):
         noise = torch.randn((len(prompts), *self.latent_shape), generator=gen)
         step_gen = torch.Generator().manual_seed(int(seed) + 1)
         dtype = next(self.unet.parameters()).dtype
-        out = []
+        out, norms = [], []
         uncond = self.encode_prompts([""])
         for start in range(0, len(prompts), batch_size):
             chunk = prompts[start : start + batch_size]
@@ -148,18 +153,25 @@ class DiffusionModel(torch.nn.Module):
             sched.set_timesteps(num_inference_steps)
             x = noise[start : start + len(chunk)].to(self.device) * sched.init_noise_sigma
             use_cfg = guidance_scale != 1.0
-            ctx = torch.cat([uncond.expand(len(chunk), -1, -1), cond]) if use_cfg else cond
+            both = use_cfg or return_guidance_norms
+            ctx = torch.cat([uncond.expand(len(chunk), -1, -1), cond]) if both else cond
+            norm_sum = torch.zeros(len(chunk))
             for t in sched.timesteps:
-                inp = torch.cat([x, x]) if use_cfg else x
+                inp = torch.cat([x, x]) if both else x
                 eps = self.unet(inp.to(dtype), t, encoder_hidden_states=ctx.to(dtype)).sample.float()
-                if use_cfg:
+                if both:
                     e_u, e_c = eps.chunk(2)
-                    eps = e_u + guidance_scale * (e_c - e_u)
+                    if return_guidance_norms:
+                        norm_sum += (e_c - e_u).flatten(1).norm(dim=1).cpu()
+                    eps = e_u + guidance_scale * (e_c - e_u) if use_cfg else e_c
                 x = sched.step(eps, t, x, eta=eta, generator=step_gen if eta > 0 else None).prev_sample
             out.append(self.to_images(x).float().clamp(-1, 1).cpu())
+            norms.append(norm_sum / max(1, len(sched.timesteps)))
             if callback is not None:
                 callback(len(chunk))
         self.train(was_training)
+        if return_guidance_norms:
+            return torch.cat(out), torch.cat(norms)
         return torch.cat(out)
 
     # ------------------------------------------------------------------ persistence

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memrl.metrics.names import COST_FIELDS, REWARD_FIELDS, SUMMARY_METRICS
+from memrl.metrics.names import COST_FIELDS, DIAGNOSTIC_FIELDS, REWARD_FIELDS, SUMMARY_METRICS
 from memrl.utils.io import write_json_atomic, write_text_atomic
 
 __all__ = ["COLUMNS", "EvaluationLog", "info_to_row", "is_true", "pareto_front", "write_best", "write_pareto"]
@@ -26,7 +26,7 @@ __all__ = ["COLUMNS", "EvaluationLog", "info_to_row", "is_true", "pareto_front",
 #: proposal and ``empty_units`` the proposed units where the method had nothing to train.
 COLUMNS = [
     "step", "env", "dataset", "method", "mask", "mask_bits", "proposed_mask_bits", "empty_units", "lr",
-    *REWARD_FIELDS, *SUMMARY_METRICS, "noise_norm_max", *COST_FIELDS,
+    *REWARD_FIELDS, *SUMMARY_METRICS, *DIAGNOSTIC_FIELDS, *COST_FIELDS,
     "cached", "failed", "error", "seconds",
 ]  # fmt: skip
 

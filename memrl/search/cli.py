@@ -1,0 +1,142 @@
+"""``memrl search``: the black-box baselines (Optuna samplers, exhaustive) over the agent's evaluation."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from memrl.utils.overrides import add_set_argument
+
+#: ``memrl search`` flags that set one config key (flag, attribute, key).
+FLAG_KEYS = (
+    ("--optimizer", "optimizer", "search.optimizer"),
+    ("--budget", "budget", "search.budget"),
+    ("--dataset", "dataset", "search.dataset"),
+    ("--seed", "seed", "search.seed"),
+    ("--storage", "storage", "search.storage"),
+    ("--lookup", "lookup", "search.lookup"),
+    ("--pretrained", "pretrained", "env.pretrained"),
+    ("--preset", "preset", "env.preset"),
+    ("--method", "method", "env.method"),
+    ("--cache", "cache", "env.cache"),
+    ("--device", "device", "env.device"),
+)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    from memrl.search.optimizers import DEFAULT_BUDGET, OPTIMIZERS
+
+    p = sub.add_parser(
+        "search",
+        help="search masks with an Optuna sampler or exhaustively (the baselines of memrl train)",
+        description="Propose masks for one dataset with an Optuna sampler (tpe, nsga2, random) or every mask in order "
+        "(exhaustive), and evaluate each exactly as a memrl train step does (same evaluation, cache and reward). Writes "
+        "RUN/evaluations.csv, pareto.csv, best_mask.json (the columns and files of memrl train), best.json (the summary), "
+        "config.yaml, evaluations.sqlite (cache), table.jsonl (the evaluations as a lookup table), the Optuna study "
+        "(RUN/optuna.db: optuna-dashboard sqlite:///RUN/optuna.db) and TensorBoard logs in RUN/tb/.",
+    )
+    p.add_argument("--optimizer", default=None, metavar="NAME", help="; ".join(f"{o.name}: {o.help}" for o in OPTIMIZERS.values()) + " (default tpe)")
+    p.add_argument("--budget", type=int, default=None, help=f"trials (= evaluations, cache hits included); default {DEFAULT_BUDGET}, or every mask for exhaustive (never more); with --resume it extends the run")
+    p.add_argument("--dataset", default=None, help="the dataset searched on: built-in variant (inverted, ...), family:N, image folder or CSV; default: the config's only env.datasets entry")
+    p.add_argument("--config", default=None, help="YAML config: a memrl train config works as is (its env section is used; ppo and train are ignored), optionally with a search section; without it the env defaults are the base")
+    p.add_argument("--out", required=True, help="run folder (must be new or empty unless --resume)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out: finished trials are kept, an interrupted one comes back from the cache, the sampler continues its sequence")
+    p.add_argument("--seed", type=int, default=None, help="the sampler's seed (default 0); the evaluations are seeded by env.seed, as the agent's steps are")
+    p.add_argument("--storage", default=None, help="Optuna storage URL for the study (default sqlite:///RUN/optuna.db); any URL Optuna accepts (sqlite, postgresql, mysql, ...)")
+    p.add_argument("--lookup", default=None, metavar="DIR", help="answer from a lookup table (a search run's folder with table.jsonl) instead of fine-tuning the model")
+    p.add_argument("--pretrained", "--model", dest="pretrained", default=None, help="override env.pretrained (the base model folder); --model is an alias")
+    p.add_argument("--preset", default=None, help="override env.preset, the evaluation budget: default, search (the agent's) or quick")
+    p.add_argument("--method", default=None, help="override env.method: the one PEFT method searched with (lora, difffit, ...)")
+    p.add_argument("--cache", default=None, help="SQLite evaluation cache (default RUN/evaluations.sqlite); share one file with memrl train runs to reuse their evaluations")
+    p.add_argument("--device", default=None, help="torch device: auto, cpu, cuda, ... (default: env.device)")
+    add_set_argument(
+        p,
+        "override config values, dotted keys, YAML values: env.method=lora env.granularity=block env.reward.lam=2 "
+        "env.eval_overrides.finetune.steps=50 search.optimizer=nsga2 search.budget=64; sections env (EnvConfig) and "
+        "search; checked like the config file. With --resume only search.budget may be set",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object instead of text")
+    p.set_defaults(func=_cmd_search)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    """Build the effective config (file or defaults, then ``--set`` and the flags) and check it
+    before :func:`memrl.search.run.search` writes the run folder."""
+    from memrl.errors import MemrlError
+    from memrl.search.config import SearchConfig
+    from memrl.search.optimizers import get_optimizer
+    from memrl.utils.overrides import apply_sets, flatten_sets, nest, parse_sets
+
+    if args.optimizer is not None:
+        get_optimizer(args.optimizer)  # one line listing the valid names
+    if args.budget is not None and args.budget < 1:
+        raise MemrlError(f"--budget must be >= 1, got {args.budget}")
+    if args.device == "auto":
+        import torch
+
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    sets = parse_sets(args.set)
+    flat = flatten_sets(sets)
+    budget = args.budget
+    if args.resume:
+        cfg = None
+        budget = _resume_budget(args, flat)
+    else:
+        cfg = SearchConfig.load(args.config) if args.config else SearchConfig()
+        cfg = apply_sets(cfg, sets, source="--set")
+        for flag, attr, key in FLAG_KEYS:
+            value = getattr(args, attr)
+            if value is None:
+                continue
+            if key in flat and flat[key] != value:
+                raise MemrlError(f"{flag} {value} and --set {key}={flat[key]} disagree; give one")
+            change = {key: value}
+            if key == "env.method":
+                change["env.methods"] = []  # one method: no method dimension in the proposals
+            cfg = apply_sets(cfg, nest(change, drop_none=False), source=flag)
+        cfg.dataset()  # one dataset, named or implied
+    from memrl.search.run import search
+
+    echo = (lambda _s: None) if args.json else print
+    summary = search(cfg, args.out, resume=args.resume, progress=not (args.no_progress or args.json), echo=echo, budget=budget)
+    if args.json:
+        print(json.dumps(summary, default=str))
+    return 0
+
+
+def _resume_budget(args: argparse.Namespace, flat: dict) -> int | None:
+    """``--resume`` keeps the run's saved config: only its budget may change (``--budget`` or
+    ``--set search.budget``); a flag that repeats the saved value is fine."""
+    from pathlib import Path
+
+    from memrl.errors import MemrlError
+    from memrl.search.config import SearchConfig
+    from memrl.utils.config import check_value
+
+    if args.config:
+        raise MemrlError(f"--resume cannot take --config: a resumed run keeps the config saved in {args.out}/config.yaml")
+    other = sorted(k for k in flat if k != "search.budget")
+    if other:
+        raise MemrlError(f"--resume cannot take --set {', '.join(other)}: a resumed run keeps the config saved in {args.out}/config.yaml (only search.budget may change)")
+    budget = args.budget
+    if "search.budget" in flat:
+        b = check_value(flat["search.budget"], int, "search.budget", "--set")
+        if budget is not None and budget != b:
+            raise MemrlError(f"--budget {budget} and --set search.budget={b} disagree; give one")
+        budget = b
+    saved_path = Path(args.out) / "config.yaml"
+    if not saved_path.is_file():
+        return budget  # memrl.search.run says the folder holds no run
+    saved = SearchConfig.load(saved_path).to_dict()
+    diffs = []
+    for flag, attr, key in FLAG_KEYS:
+        value = getattr(args, attr)
+        if value is None or key == "search.budget":
+            continue
+        section, name = key.split(".")
+        if saved[section].get(name) != value:
+            diffs.append(f"{flag} is {value!r} but {key} is {saved[section].get(name)!r} in the run")
+    if diffs:
+        raise MemrlError(f"cannot resume {args.out} with different settings: {'; '.join(diffs)}; resume without them, or start a new run with another --out")
+    return budget

@@ -1,0 +1,131 @@
+"""``memrl search``'s configuration: the train config's ``env`` section plus a ``search`` section.
+
+A ``memrl train`` YAML file works as it is (its ``ppo`` and ``train`` sections are PPO's and are
+ignored here), so a search baseline evaluates exactly what the agent's steps evaluate: the same
+method(s), learning-rate scales, preset, overrides, reward and evaluation seed. The run folder's
+``config.yaml`` holds the effective ``env`` and ``search`` sections; ``--resume`` reads it back::
+
+    env:                      # memrl.envs.EnvConfig (as in memrl train)
+      pretrained: runs/digits-base
+      datasets: [inverted]
+      method: difffit
+      granularity: block
+      preset: search
+    search:                   # SearchSettings
+      optimizer: tpe
+      budget: 32
+      dataset: inverted
+      seed: 0
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from memrl.envs.config import EnvConfig
+from memrl.errors import MemrlError
+from memrl.search.optimizers import OPTIMIZERS
+from memrl.utils.config import ConfigError, check_fields
+
+#: Sections of a ``memrl train`` config that a search reads past (PPO's own).
+IGNORED_SECTIONS = ("ppo", "train")
+
+
+@dataclass
+class SearchSettings:
+    """What the search does (the ``search`` section; every field is also a ``memrl search`` flag)."""
+
+    #: ``tpe``, ``nsga2``, ``random`` or ``exhaustive`` (:mod:`memrl.search.optimizers`).
+    optimizer: str = "tpe"
+    #: Trials (= evaluations, cache hits included). ``None``: 32, or the whole space for ``exhaustive``.
+    budget: int | None = None
+    #: The dataset searched on. ``None``: the env's only dataset.
+    dataset: str | None = None
+    #: The sampler's seed (the evaluations are seeded by ``env.seed``, as the agent's steps are).
+    seed: int = 0
+    #: Optuna storage URL; ``None``: ``sqlite:///RUN/optuna.db``.
+    storage: str | None = None
+    #: A lookup table folder (:class:`memrl.evaluation.lookup.LookupEvaluator`) answering instead of
+    #: the model; ``None``: the real evaluator on ``env.pretrained``.
+    lookup: str | None = None
+    #: Re-evaluate the best mask once at the end for its pictures (real evaluator only).
+    final_pictures: bool = True
+    #: Trials between the TensorBoard figures (bit frequency, Pareto scatter).
+    figures_every: int = 8
+
+    def __post_init__(self) -> None:
+        where = "search config"
+        check_fields(self, where)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(where, f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.budget is not None and self.budget < 1:
+            raise ConfigError(where, f"'budget' must be >= 1, got {self.budget}")
+        if self.figures_every < 1:
+            raise ConfigError(where, f"'figures_every' must be >= 1, got {self.figures_every}")
+
+
+@dataclass
+class SearchConfig:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    search: SearchSettings = field(default_factory=SearchSettings)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> "SearchConfig":
+        if not isinstance(d, dict):
+            raise MemrlError(f"{source}: expected a mapping with sections env, search (a memrl train config's ppo and train are ignored)")
+        unknown = sorted(str(k) for k in set(d) - {"env", "search", *IGNORED_SECTIONS})
+        if unknown:
+            raise MemrlError(f"{source}: unknown section(s) {', '.join(unknown)}; valid: env, search (and a train config's ppo, train, ignored)")
+        env = EnvConfig.from_dict(d.get("env") or {}, source=f"{source} [env]")
+        s = d.get("search") or {}
+        if not isinstance(s, dict):
+            raise MemrlError(f"{source} [search]: expected a mapping of search fields, got {s!r}")
+        known = {f.name for f in fields(SearchSettings)}
+        bad = sorted(str(k) for k in set(s) - known)
+        if bad:
+            raise MemrlError(f"{source} [search]: unknown field(s) {', '.join(bad)}; valid: {', '.join(sorted(known))}")
+        try:
+            search = SearchSettings(**s)
+        except ConfigError as exc:
+            raise exc.at(f"{source} [search]") from None
+        return cls(env=env, search=search)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SearchConfig":
+        import yaml
+
+        p = Path(path)
+        if not p.is_file():
+            raise MemrlError(f"config file {p} not found")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise MemrlError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        return cls.from_dict(data, source=str(p))
+
+    def to_dict(self) -> dict:
+        return {"env": self.env.to_dict(), "search": asdict(self.search)}
+
+    def save(self, path: str | Path) -> None:
+        import yaml
+
+        from memrl.utils.io import write_text_atomic
+
+        write_text_atomic(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    # ------------------------------------------------------------------ resolved values
+    def dataset(self) -> str:
+        """The dataset searched on: ``search.dataset``, else the env's only one."""
+        if self.search.dataset:
+            return self.search.dataset
+        if len(self.env.datasets) == 1:
+            return self.env.datasets[0]
+        raise MemrlError(f"memrl search evaluates one dataset; pass --dataset (the config's env.datasets lists {', '.join(self.env.datasets)})")
+
+    def methods(self) -> list[str]:
+        """The methods the search proposes (``env.methods``, else ``env.method``)."""
+        return list(self.env.methods) if self.env.methods else [self.env.method]
+
+    def mem_metric(self) -> str:
+        return str(self.env.eval_config().reward.mem_metric)

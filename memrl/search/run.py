@@ -1,0 +1,319 @@
+"""``memrl search``: an Optuna sampler proposes masks, read top to bottom.
+
+1. Check everything, then write the run folder: the effective config (``config.yaml``; ``--resume``
+   reads it back), the evaluation cache (``evaluations.sqlite``), the Optuna study (``optuna.db``,
+   or any ``--storage`` URL: one study named after the dataset).
+2. Build the evaluator (the real one on ``env.pretrained``, or ``--lookup DIR``'s table) and load
+   the dataset.
+3. For each trial: ask the sampler -> decode its parameters into a proposal with the encoding the
+   environment uses (:mod:`memrl.evaluation.space`) -> evaluate it exactly as an environment step
+   does (:func:`memrl.evaluation.protocol.evaluate_proposal`) -> record it -> tell the study.
+4. Write the Pareto front and the best mask (by the reward, whatever the optimizer optimised),
+   re-evaluate the best mask once for pictures, export the run's evaluations as a lookup table
+   (``table.jsonl``) and print a summary (``best.json``).
+
+What a run writes is what ``memrl train`` writes, through the same code (:mod:`memrl.reporting`):
+``evaluations.csv`` (one row per trial; ``step`` is the trial number + 1), ``pareto.csv``,
+``best_mask.json`` and the TensorBoard tags of :class:`memrl.reporting.board.EvaluationBoard`.
+``memrl report RUN`` reads it like a train run.
+
+A failed evaluation is a ``FAIL`` trial and a row with the environment's failure reward; bad input
+(:class:`MemrlError`) stops the run. ``--resume`` continues an interrupted run: finished trials stay
+as they are, an interrupted one is evaluated again (the cache answers when it had finished), and
+the pickled sampler (``search_state.pkl``, saved after every ask) continues the same sequence.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import warnings
+from pathlib import Path
+
+from memrl.errors import MemrlError
+from memrl.evaluation.protocol import MaskEvaluator, evaluate_proposal
+from memrl.evaluation.space import action_at, action_dims, action_to_params, decode_action, n_actions, params_to_action, trial_space
+from memrl.reporting.board import EvaluationBoard
+from memrl.reporting.optuna_store import default_storage
+from memrl.reporting.records import EvaluationLog, info_to_row, write_best, write_pareto
+from memrl.search.config import SearchConfig
+from memrl.search.optimizers import Optimizer, get_optimizer
+from memrl.utils.io import write_json_atomic
+
+STATE_FILE = "search_state.pkl"
+
+
+# ---------------------------------------------------------------------------------------- setup
+def build_evaluator(cfg: SearchConfig) -> MaskEvaluator:
+    """The real evaluator (no cache yet: it is attached once the run folder exists), or the lookup table."""
+    if cfg.search.lookup:
+        from memrl.evaluation.lookup import LookupEvaluator
+
+        return LookupEvaluator.from_dir(cfg.search.lookup)
+    from memrl.evaluation import Evaluator
+
+    env = cfg.env
+    return Evaluator(env.pretrained, device=env.device, cache=None, granularity=env.granularity)
+
+
+def _is_real(evaluator: MaskEvaluator) -> bool:
+    from memrl.evaluation import Evaluator
+
+    return isinstance(evaluator, Evaluator)
+
+
+def prepare_run(cfg: SearchConfig | None, run: Path, resume: bool, budget: int | None = None) -> SearchConfig:
+    """The run's config: the saved one (``resume``; ``budget`` may change its length) or ``cfg``.
+    Writes nothing (see :func:`write_run`)."""
+    saved = run / "config.yaml"
+    if resume:
+        if not saved.is_file():
+            raise MemrlError(f"cannot resume: {run} holds no search run (no config.yaml); start it without --resume")
+        cfg = SearchConfig.load(saved)
+        if budget is not None:
+            cfg.search.budget = _checked_budget(budget)  # extend (or shorten) the run
+        return cfg
+    if cfg is None:
+        raise MemrlError("memrl search needs --config (or --resume of an existing run)")
+    if budget is not None:
+        cfg.search.budget = _checked_budget(budget)
+    if run.exists() and (not run.is_dir() or any(run.iterdir())):
+        raise MemrlError(f"{run} already holds a run (or is a file); pass --resume to continue it, or choose another --out")
+    return cfg
+
+
+def _checked_budget(n: int) -> int:
+    if int(n) < 1:
+        raise MemrlError(f"--budget must be >= 1, got {n}")
+    return int(n)
+
+
+def open_study(cfg: SearchConfig, run: Path, optimizer: Optimizer, sampler, resume: bool):  # noqa: ANN001, ANN201
+    """The run's study (created, or loaded with ``resume``); a new run refuses a storage that
+    already holds a study of this name (another run's trials would mix with this one's)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = cfg.search.storage or default_storage(run)
+    name = cfg.dataset()
+    try:
+        existing = {s.study_name for s in optuna.get_all_study_summaries(storage)}
+    except Exception as exc:  # a bad URL, an unreachable database
+        raise MemrlError(f"cannot open the Optuna storage {storage}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not resume and name in existing:
+        raise MemrlError(f"the Optuna storage {storage} already holds a study {name!r}; pass --resume to continue that run, or use another --storage")
+    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=optimizer.directions(), load_if_exists=True)
+    if [d.name.lower() for d in study.directions] != optimizer.directions():
+        raise MemrlError(f"study {name!r} in {storage} has directions {[d.name.lower() for d in study.directions]}, not the {optimizer.name} optimizer's {optimizer.directions()}")
+    with warnings.catch_warnings():  # experimental in Optuna, stable in use; the dashboard reads it
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names(optimizer.metric_names(cfg.mem_metric()))
+    return study
+
+
+def _save_state(run: Path, sampler, history: dict, optimizer: Optimizer) -> None:  # noqa: ANN001
+    """The sampler (its random state) and the figures' history, atomically (after every ask)."""
+    state = {"sampler": sampler if optimizer.stateful else None, "history": history}
+    tmp = run / (STATE_FILE + ".tmp")
+    with open(tmp, "wb") as f:
+        pickle.dump(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run / STATE_FILE)
+
+
+def _load_state(run: Path) -> dict:
+    p = run / STATE_FILE
+    if not p.is_file():
+        return {}
+    try:
+        with open(p, "rb") as f:
+            return pickle.load(f)
+    except Exception:  # a torn or foreign file: start the sampler from its seed again
+        return {}
+
+
+# ---------------------------------------------------------------------------------------- the loop
+def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, progress: bool = True, echo=print, budget: int | None = None, evaluator: MaskEvaluator | None = None) -> dict:  # noqa: ANN001, C901
+    """Run (or, with ``resume``, continue) ``memrl search``; returns the summary it prints (also ``RUN/best.json``).
+
+    ``budget`` overrides ``cfg.search.budget`` (with ``resume``: extends the saved run).
+    ``evaluator``: any :class:`MaskEvaluator` to evaluate with instead of the one the config names.
+    """
+    import optuna
+    from optuna.trial import Trial, TrialState
+    from torch.utils.tensorboard import SummaryWriter
+    from tqdm.auto import tqdm
+
+    from memrl.data.loaders import load_dataset
+
+    run = Path(out)
+    cfg = prepare_run(cfg, run, resume, budget)
+    env = cfg.env
+    optimizer = get_optimizer(cfg.search.optimizer)
+    dataset = cfg.dataset()
+    eval_cfg = env.eval_config()
+    failure_reward = env.resolved_failure_reward()
+    mem_metric = cfg.mem_metric()
+
+    # 1-2. evaluator and dataset, checked before anything is written
+    ev = evaluator if evaluator is not None else build_evaluator(cfg)
+    units = list(ev.units)
+    methods = cfg.methods()
+    data = load_dataset(dataset, ev.image_size, ev.image_channels)
+    ev.check_data(data)
+    for m in methods:
+        eval_cfg.with_method(m, None, env.seed).finetune.resolved_lr()  # every method has a learning rate
+    dims = action_dims(len(units), env.methods, env.lr_scales)
+    space = trial_space(units, env.methods, env.lr_scales)
+    total = optimizer.budget(cfg.search.budget, n_actions(dims))
+
+    def params_at(k: int) -> dict:
+        return action_to_params(action_at(k, dims), units, env.methods, env.lr_scales)
+
+    state = _load_state(run) if resume else {}
+    sampler = state.get("sampler") or optimizer.make(cfg.search.seed, params_at)
+    if not resume:
+        created = not run.exists()
+        run.mkdir(parents=True, exist_ok=True)
+        try:
+            study = open_study(cfg, run, optimizer, sampler, resume=False)
+        except MemrlError:
+            if created and not any(run.iterdir()):
+                run.rmdir()  # nothing half-written
+            raise
+        if env.cache is None and evaluator is None and not cfg.search.lookup:
+            env.cache = str(run / "evaluations.sqlite")
+        cfg.save(run / "config.yaml")
+    else:
+        study = open_study(cfg, run, optimizer, sampler, resume=True)
+    if evaluator is None and _is_real(ev):
+        from memrl.evaluation import EvalCache
+
+        ev.cache = EvalCache(env.cache) if env.cache else None
+    study.set_user_attr("units", units)
+    study.set_user_attr("optimizer", optimizer.name)
+
+    # the record: trials that finished keep their rows; an interrupted one is evaluated again
+    trials = study.get_trials(deepcopy=False)
+    finished = {t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
+    pending = [t for t in trials if t.state == TrialState.RUNNING]
+    log = EvaluationLog(run / "evaluations.csv")
+    keep = 0
+    while keep < len(log.rows) and _step(log.rows[keep]) - 1 in finished:
+        keep += 1
+    if keep != len(log.rows):
+        log.truncate(keep)
+    writer = SummaryWriter(str(run / "tb" / "memrl"), purge_step=len(log.rows) + 1 if resume else None)
+    board = EvaluationBoard(writer, units, mem_metric, log.rows, state.get("history"))
+    if resume:
+        echo(f"resuming {run}: {len(finished)} of {total} trials finished, {len(pending)} interrupted")
+
+    bar = tqdm(total=total, initial=min(len(finished), total), unit="trial", desc=f"{optimizer.name} {dataset}", disable=not progress)
+
+    def evaluate_trial(trial: Trial) -> None:
+        action = params_to_action(trial.params, units, env.methods, env.lr_scales)
+        bits, method, lr = decode_action(action, len(units), env.method, env.methods, env.lr_scales)
+        reward, info = evaluate_proposal(ev, data, dataset, bits, method, lr, eval_cfg, env.seed, failure_reward)
+        step = trial.number + 1
+        log.append([info_to_row(step, 0, info, reward)])
+        board.add(step, info, reward, len(log.rows))
+        write_best(run / "best_mask.json", log, units)
+        attrs = {"step": step, "mask": info["mask"], "mask_bits": info["mask_bits"], "method": method, "lr": info.get("lr"), "reward": reward, "cached": bool(info.get("cached")), "trainable_fraction": info.get("trainable_fraction")}
+        if info["failed"]:
+            attrs["error"] = str(info.get("error", ""))[:500]
+        else:
+            attrs.update({"fid": info.get("fid"), mem_metric: info.get(mem_metric)})
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        if info["failed"]:
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            study.tell(trial, optimizer.values(info, reward, mem_metric))
+        if step % cfg.search.figures_every == 0:
+            ok = log.ok_rows()
+            board.figures(step, ok, write_pareto(run / "pareto.csv", ok, mem_metric) if ok else [])
+        bar.update(1)
+        bar.set_postfix(reward=f"{reward:.3f}", best=f"{board.best_reward:.3f}")
+
+    # 3. the trials: interrupted ones first (their parameters are in the study), then new ones
+    for t in pending:
+        trial = Trial(study, t._trial_id)
+        try:
+            params_to_action(t.params, units, env.methods, env.lr_scales)
+        except MemrlError:  # killed while the sampler was still filling in its parameters
+            study.tell(trial, state=TrialState.FAIL)
+            bar.update(1)
+            continue
+        evaluate_trial(trial)
+    while len(study.get_trials(deepcopy=False)) < total:
+        trial = study.ask(space)
+        _save_state(run, study.sampler, board.history, optimizer)
+        evaluate_trial(trial)
+    bar.close()
+
+    # 4. results
+    ok = log.ok_rows()
+    front = write_pareto(run / "pareto.csv", ok, mem_metric) if ok else []
+    n_done = len(study.get_trials(deepcopy=False))
+    board.figures(n_done, ok, front)
+    best = write_best(run / "best_mask.json", log, units)
+    if _is_real(ev):
+        if cfg.search.final_pictures and best is not None:
+            lr = best["lr"] if isinstance(best["lr"], float) else None
+            ev.evaluate(data, best["method"], best["mask_bits"], eval_cfg, lr=lr, seed=env.seed, out_dir=run / "best")
+            board.pictures(run / "best", n_done)
+        if ev.cache is not None:
+            export_lookup_table(ev, run / "table.jsonl", methods)
+    writer.close()
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    summary = {
+        "run": str(run),
+        "optimizer": optimizer.name,
+        "dataset": dataset,
+        "seed": cfg.search.seed,
+        "budget": total,
+        "space_size": n_actions(dims),
+        "trials": len(states),
+        "completed": sum(s == TrialState.COMPLETE for s in states),
+        "failed": sum(s == TrialState.FAIL for s in states),
+        "evaluations": len(log.rows),
+        "fresh_evaluations": sum(1 for r in log.rows if r.get("cached") != "True"),
+        "pareto_points": len(front),
+        "storage": cfg.search.storage or default_storage(run),
+        "study": study.study_name,
+        "best": best,
+    }
+    write_json_atomic(run / "best.json", summary)
+    echo(format_summary(summary))
+    return summary
+
+
+def _step(row: dict) -> int:
+    try:
+        return int(float(row.get("step", 0)))
+    except (TypeError, ValueError):
+        return 0
+
+
+def export_lookup_table(ev, out: Path, methods: list[str]) -> None:  # noqa: ANN001
+    """The run's cache as a lookup table (``memrl search --lookup RUN`` answers from it): meta
+    for the methods searched and ``full`` (the reference)."""
+    from memrl.evaluation.lookup import export_table, table_meta
+
+    export_table(ev.cache, out, table_meta(ev, [*methods, "full"]))
+
+
+def format_summary(s: dict) -> str:
+    lines = [
+        f"run {s['run']}: {s['optimizer']} on {s['dataset']}, {s['trials']} trials of {s['budget']} "
+        f"({s['completed']} completed, {s['failed']} failed; {s['fresh_evaluations']} fresh evaluations), {s['pareto_points']} Pareto points"
+    ]
+    b = s.get("best")
+    if b:
+        mt = b["metrics"]
+        lines.append(f"best (by reward): {b['method']} units [{', '.join(b['mask_units']) or 'none'}] reward {mt['reward']:.3f} FID {mt['fid']:.2f} nn_own_rate {mt.get('nn_own_rate')}")
+    else:
+        lines.append("best: none (no evaluation succeeded)")
+    lines.append(f"optuna-dashboard {s['storage']}  (study {s['study']!r})")
+    return "\n".join(lines)
