@@ -23,10 +23,10 @@ Result fields the callers read from :meth:`MaskEvaluator.evaluate`'s dict (the r
 result carries more; a table answers with what was recorded): ``mask``, ``mask_bits``,
 ``mask_units``, ``proposed_mask_bits``, ``empty_units``, ``method``, ``lr``, ``seed``,
 ``cached``, ``seconds``, the metrics of :data:`memrl.metrics.names.SUMMARY_METRICS` (``fid``,
-``kid``, ``noise_norm_mean``, ``nn_own_rate``, ``replication_rate``, ``amd``,
-``extraction_rate``, ...), ``trainable_params``, ``trainable_fraction``, and, with
-``with_reward=True``, the reward fields of :func:`memrl.evaluation.reward.reward` (``reward``,
-the mem metric's name and value, ...) and ``reference`` (the reference run's summary metrics).
+``kid``, ``nn_own_rate``, ``replication_rate``, ``amd``, ...), ``trainable_params``,
+``trainable_fraction``, and, with ``with_reward=True``, the fields of
+:func:`memrl.evaluation.reward.reward` (``reward``, ``fid_norm``, ``mem_norm``, ``mem_metric``,
+...) and ``reference`` (the reference run's summary metrics).
 """
 
 from __future__ import annotations

@@ -140,7 +140,6 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
     ``budget`` overrides ``cfg.search.budget`` (with ``resume``: extends the saved run).
     ``evaluator``: any :class:`MaskEvaluator` to evaluate with instead of the one the config names.
     """
-    import optuna
     from optuna.trial import Trial, TrialState
     from torch.utils.tensorboard import SummaryWriter
     from tqdm.auto import tqdm
