@@ -18,7 +18,8 @@ against full fine-tuning at its default learning rate with the same guidance, bu
 Choices printed at the end:
 
 * per PEFT method, the learning rate with the highest mean reward over datasets and seeds;
-* for ``full`` (the reward's reference), the learning rate with the lowest mean FID;
+* for ``full`` (the reward's reference), the learning rate with the lowest mean FID, if it beats
+  the default by more than the mean half-width of the FID bootstrap intervals (else the default);
 * first (stage 1) the guidance scale whose fine-tuned models, every method at its current default
   learning rate, have the lowest mean FID; then (stage 2) the learning rates at that guidance.
 """
@@ -103,12 +104,32 @@ def main(argv: list[str] | None = None) -> int:
     rows = [evaluate(g, m, 1.0) for g in args.guidance for m in args.methods]
     guidance_fid = {g: _mean([r["fid"] for row in rows if row["guidance"] == g for r in row["runs"]]) for g in args.guidance}
     best_g = min(guidance_fid, key=lambda g: guidance_fid[g])
+    # Paired check: the same (method, dataset, seed) under each guidance (same fine-tune, same noise).
+    paired: dict[float, int] = {g: 0 for g in args.guidance}
+    n_pairs = 0
+    for m in args.methods:
+        per_g = {row["guidance"]: {(r["dataset"], r["seed"]): r["fid"] for r in row["runs"]} for row in rows if row["method"] == m}
+        for k in set.intersection(*(set(v) for v in per_g.values())):
+            n_pairs += 1
+            paired[min(per_g, key=lambda g: per_g[g][k])] += 1
     # Stage 2: the learning rates at the chosen guidance.
     rows += [evaluate(best_g, m, s) for m in args.methods for s in args.lr_scales if s != 1.0]
     best: dict[str, dict] = {}
     for row in rows:
         if row["guidance"] == best_g and (row["method"] not in best or score(row) > score(best[row["method"]])):
             best[row["method"]] = row
+    # A learning rate replaces the default only when it wins by more than the noise: for full, by
+    # more than the mean half-width of the rows' FID bootstrap intervals.
+    kept: dict[str, str] = {}
+    for m, row in list(best.items()):
+        default = next(r for r in rows if r["guidance"] == best_g and r["method"] == m and r["scale"] == 1.0)
+        if row is default or m != "full":
+            continue
+        half = _mean([(r["fid_ci_high"] - r["fid_ci_low"]) / 2 for r in row["runs"] + default["runs"]])
+        gain = _mean([r["fid"] for r in default["runs"]]) - _mean([r["fid"] for r in row["runs"]])
+        if gain <= half:
+            kept[m] = f"full: lr {row['lr']:g} has mean FID {gain:.2f} lower than the default {default['lr']:g}, inside the bootstrap half-width {half:.2f}: default kept"
+            best[m] = default
 
     cmd = "OMP_NUM_THREADS=1 python experiments/validation_tuning.py" + (" " + " ".join(argv) if argv else "")
     lines = [
@@ -140,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "",
         "Stage 1 (every method at its default learning rate), mean FID per guidance: "
-        + ", ".join(f"{g:g}: {v:.2f}" for g, v in guidance_fid.items()) + f"; chosen guidance **{best_g:g}**.",
+        + ", ".join(f"{g:g}: {v:.2f}" for g, v in guidance_fid.items()) + f"; chosen guidance **{best_g:g}**, "
+        f"lowest FID in {paired[best_g]} of {n_pairs} paired (method, dataset, seed) comparisons.",
         "Stage 2 (learning rates at that guidance): " + ", ".join(f"{m} {best[m]['lr']:g}" for m in args.methods) + ".",
+        *(f"{v}." for v in kept.values()),
     ]
     text = "\n".join(lines) + "\n"
     print(text)

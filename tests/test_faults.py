@@ -83,8 +83,10 @@ def test_non_finite_samples_are_caught_before_the_metrics(evaluator, monkeypatch
     real = DiffusionModel.generate
 
     def nan_generate(self, prompts, *a, **k):  # noqa: ANN001, ANN002, ANN003
-        x = real(self, prompts, *a, **k)
-        return torch.full_like(x, float("nan"))
+        out = real(self, prompts, *a, **k)
+        if isinstance(out, tuple):  # (images, guidance norms)
+            return torch.full_like(out[0], float("nan")), out[1]
+        return torch.full_like(out, float("nan"))
 
     monkeypatch.setattr(DiffusionModel, "generate", nan_generate)
     with pytest.raises(NonFiniteError, match="samples"):

@@ -68,6 +68,9 @@ def test_lookup_answers_like_the_evaluator(made):
         assert got["reward"] != made["real"][m]["reward"] or m == "none"
     assert strip(lk.reference(data, cfg.with_method("lora", None, 0))) == strip(ev.reference(data, cfg.with_method("lora", None, 0)))
     assert lk.hits > 0 and lk.misses == 0
+    from memrl.evaluation.protocol import MaskEvaluator
+
+    assert isinstance(lk, MaskEvaluator)
 
 
 def test_runtime_is_not_part_of_the_match(made, tmp_path):
@@ -88,13 +91,13 @@ def test_refuses_what_no_row_holds(made, tmp_path):
     with pytest.raises(MemrlError, match=r"no row for mask up_blocks\.0\.attentions\.0.*3 mask\(s\)"):
         lk.evaluate(data, "lora", "up_blocks.0.attentions.0", cfg, seed=0)
     thick = load_dataset("thick", lk.image_size, lk.image_channels)
-    with pytest.raises(MemrlError, match=r"dataset thick .*no row.*inverted"):
+    with pytest.raises(MemrlError, match=r"dataset digits/thick .*no row.*digits/inverted"):
         lk.evaluate(thick, "lora", "none", cfg, seed=0)
     with pytest.raises(MemrlError, match=r"finetune\.steps is 3 here, 2 in the tables"):
         lk.evaluate(data, "lora", "none", replace(cfg, finetune=replace(cfg.finetune, steps=3)), seed=0)
     with pytest.raises(MemrlError, match=r"no row for seed 5; they hold seeds 0"):
         lk.evaluate(data, "lora", "none", cfg, seed=5)
-    with pytest.raises(MemrlError, match=r"no row for method difffit on inverted; they hold methods full, lora"):
+    with pytest.raises(MemrlError, match=r"cannot answer difffit on digits/inverted.*no row for method difffit on this dataset; they hold methods full, lora"):
         lk.evaluate(data, "difffit", "none", cfg, seed=0)
     with pytest.raises(MemrlError, match=r"no row for learning rate"):
         lk.evaluate(data, "lora", "none", cfg, lr=0.123, seed=0)
@@ -135,6 +138,20 @@ def test_refuses_a_table_made_for_another_unit_count(made, tmp_path):
     write_table(tmp_path / "bad.jsonl", meta, other_rows[:1])
     with pytest.raises(MemrlError, match="6 units .* the table's meta over 7 units"):
         LookupEvaluator(tmp_path / "bad.jsonl")
+
+
+def test_folder_scan_skips_other_jsonl(made, tmp_path):
+    """A dataset's metadata.jsonl beside the tables is not a table; a folder with no table is refused."""
+    folder = tmp_path / "runs"
+    (folder / "data").mkdir(parents=True)
+    (folder / "data" / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "digit 3"}\n')
+    with pytest.raises(MemrlError, match="metadata.jsonl are not tables"):
+        LookupEvaluator.from_dir(folder)
+    meta, rows = read_table(made["tables"] / "inverted.jsonl")
+    write_table(folder / "search-run" / "table.jsonl", meta, rows)
+    assert LookupEvaluator.from_dir(folder).tables == [folder / "search-run" / "table.jsonl"]
+    with pytest.raises(MemrlError, match="not a memrl lookup table"):
+        LookupEvaluator(folder / "data" / "metadata.jsonl")
 
 
 def test_stored_failure_raises_evaluation_failed(made, tmp_path):

@@ -207,9 +207,11 @@ def _table_paths(tables: str | Path | Sequence[str | Path]) -> list[Path]:
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(q for q in p.rglob(f"*{TABLE_SUFFIX}") if q.is_file() and not any(part.startswith(".") for part in q.relative_to(p).parts))
+            files = sorted(q for q in p.rglob(f"*{TABLE_SUFFIX}") if q.is_file() and not any(part.startswith(".") for part in q.relative_to(p).parts))
+            found = [q for q in files if _is_table(q)]  # a dataset's metadata.jsonl in the folder is not a table
             if not found:
-                raise MemrlError(f"no lookup tables (*{TABLE_SUFFIX}) under {p}")
+                other = f" ({', '.join(str(q) for q in files[:3])}{', ...' if len(files) > 3 else ''} are not tables)" if files else ""
+                raise MemrlError(f"no lookup tables (*{TABLE_SUFFIX} starting with a {{\"meta\": ...}} line) under {p}{other}")
             out.extend(found)
         elif p.is_file():
             out.append(p)
@@ -218,6 +220,19 @@ def _table_paths(tables: str | Path | Sequence[str | Path]) -> list[Path]:
     if not out:
         raise MemrlError("no lookup tables given")
     return list(dict.fromkeys(out))
+
+
+def _is_table(path: Path) -> bool:
+    """Whether ``path`` starts like a lookup table (its first line a ``{"meta": ...}`` object)."""
+    try:
+        with open(path) as f:
+            head = f.readline()
+        if not head.lstrip().startswith("{"):
+            return False
+        first = json.loads(head)
+        return isinstance(first, dict) and "meta" in first
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -289,16 +304,17 @@ class LookupEvaluator:
         first_path, meta, _ = loaded[0]
         for path, other, _ in loaded[1:]:
             _check_agree(first_path, meta, path, other)
-        trainable: dict[str, list[str]] = {}
+        trainable: dict[str, tuple[list[str], Path]] = {}
         for path, m, _ in loaded:
             for method, units in m["trainable_units"].items():
-                if method in trainable and list(units) != trainable[method]:
-                    raise MemrlError(f"lookup tables {first_path} and {path} disagree on the units {method} can train: {trainable[method]} and {list(units)}")
-                trainable[method] = list(units)
+                if method in trainable and list(units) != trainable[method][0]:
+                    held, origin = trainable[method]
+                    raise MemrlError(f"lookup tables {origin} and {path} disagree on the units {method} can train: {held} and {list(units)}")
+                trainable.setdefault(method, (list(units), path))
         self.meta = meta
         self._units = tuple(meta["units"])
         self._granularity = str(meta["granularity"])
-        self._trainable = {m: tuple(u) for m, u in trainable.items()}
+        self._trainable = {m: tuple(u) for m, (u, _) in trainable.items()}
         self._rows: list[_Row] = []
         self._index: dict[str, _Row] = {}
         self._dataset_names: dict[str, set[str]] = {}
@@ -512,7 +528,7 @@ class LookupEvaluator:
         ctx = f"{req['method']} on {data.name}, seed {want['seed']}, lr {want['lr'][0]:g}"
         if req["method"] == "full" and req["mask"] in ("1" * len(self.units), "0" * len(self.units)):
             ctx += " (the reward's reference run)" if set(req["mask"]) == {"1"} else " (the pretrained model, measured beside every result)"
-        head = f"the lookup tables ({self._where()}) hold no row for this request ({ctx})"
+        head = f"the lookup tables ({self._where()}) cannot answer {ctx}"
         cands = self._rows
         for facet in FACETS:
             match = [r for r in cands if r.facets[facet] == want[facet]]
@@ -525,7 +541,7 @@ class LookupEvaluator:
                 return f"{head}: no row for dataset {data.name} ({want['dataset']}); they hold {self._datasets_text()}"
             if facet == "method":
                 held = sorted({r.facets["method"] for r in cands})
-                return f"{head}: no row for method {want['method']} on {data.name}; they hold methods {', '.join(held)}"
+                return f"{head}: no row for method {want['method']} on this dataset; they hold methods {', '.join(held)}"
             if facet == "config":
                 return f"{head}: no row for this evaluation config; {self._config_diff(want['config'], cands)}"
             if facet == "seed":
