@@ -60,3 +60,18 @@ def test_run_takes_the_method_from_the_config_only(quick_model_dir):
     cfg = preset("quick").with_method("difffit", None, 0)
     r = ev.run(load_dataset("thick"), ev.parse_mask("none"), cfg)
     assert r["method"] == "difffit" and r["lr"] == cfg.finetune.resolved_lr()
+
+
+def test_preset_correlation_compares_two_presets_on_the_same_masks(quick_model_dir, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("preset_correlation", Path(__file__).resolve().parents[1] / "experiments" / "preset_correlation.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = tmp_path / "pc.md"
+    argv = ["--model", str(quick_model_dir[0]), "--dataset", "inverted", "--masks", "2", "--presets", "quick", "quick", "--cache", str(tmp_path / "c.sqlite"), "--out", str(out)]
+    assert mod.main(argv) == 0
+    text = out.read_text()
+    # the same preset twice is the same evaluation (cache hits): the ranking agrees perfectly
+    assert "| reward | 1.000 | 1.000 |" in text
+    assert text.count("| `") == 3  # all + 2 drawn masks
