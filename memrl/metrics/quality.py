@@ -27,7 +27,9 @@ class _Features(torch.nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.float())
+        # images live on the CPU; the network may be on a GPU: features come back to the CPU
+        device = next((p.device for p in self.net.parameters()), x.device)
+        return self.net(x.float().to(device)).cpu()
 
 
 def _batches(x: torch.Tensor, n: int = 512):
