@@ -109,6 +109,29 @@ def report(tables: dict[tuple[str, str, int], dict[str, dict]], command: str) ->
         )
     lines += ["", "Masks are `mask_bits` over the units in `memrl units` order; ranks are among the distinct trained masks (1 = best)."]
 
+    # The statistics beside the rewards (evaluation version 3 columns).
+    if all("fid_ci_low" in next(iter(t.values())) for t in tables.values()):
+        lines += [
+            "",
+            "**Statistics** (over the table's distinct masks; `none` is the base model):",
+            "",
+            "| table | FID noise floor | median FID | median FID 95% half-width | nn_own_rate: base (chance) / masks min-max | text_guidance_auc: base / `all` / masks min-max |",
+            "|---|---|---|---|---|---|",
+        ]
+        for k in sorted(tables, key=lambda k: (k[2], split_of(k[0]), k[0])):
+            t = {b: r for b, r in tables[k].items() if r.get("failed") not in ("True", "true", "1")}
+            f = lambda col: [float(r[col]) for r in t.values() if r.get(col) not in (None, "")]  # noqa: E731
+            none = "0" * len(next(iter(t)))
+            all_bits = max(t, key=lambda m: m.count("1"))
+            half = [(float(r["fid_ci_high"]) - float(r["fid_ci_low"])) / 2 for r in t.values() if r.get("fid_ci_low") not in (None, "")]
+            nn, auc = f("nn_own_rate"), f("text_guidance_auc")
+            base_nn = t[none]["nn_own_rate"] if none in t else "-"
+            base_auc = float(t[none]["text_guidance_auc"]) if none in t else float("nan")
+            lines.append(
+                f"| {k[0]} seed {k[2]} | {float(next(iter(t.values()))['fid_noise_floor']):.1f} | {np.median(f('fid')):.1f} | {np.median(half):.1f} | "
+                f"{float(base_nn):.3f} / {min(nn):.3f}-{max(nn):.3f} | {base_auc:.3f} / {float(t[all_bits]['text_guidance_auc']):.3f} / {min(auc):.3f}-{max(auc):.3f} |"
+            )
+
     # How different are the best masks?
     seed0 = {k: b for k, b in best.items() if k[2] == 0}
     keys = sorted(seed0)
@@ -170,7 +193,7 @@ def report(tables: dict[tuple[str, str, int], dict[str, dict]], command: str) ->
                     continue
                 common = sorted(set(per[0]) & set(other))
                 rho = spearman([per[0][m] for m in common], [other[m] for m in common])
-                b0 = max(per[0], key=lambda m: per[0][m])
+                b0 = max(common, key=lambda m: per[0][m])
                 rk = ranks({m: other[m] for m in common})
                 delta = float(np.mean([abs(per[0][m] - other[m]) for m in common]))
                 lines.append(

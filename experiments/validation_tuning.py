@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Model `{args.model}`, datasets {', '.join(f'`{d}`' for d in args.datasets)} (validation members), preset `{args.preset}`, "
         f"mask `{args.mask}` at `{args.granularity}` granularity, seeds {args.seeds}; means over datasets and seeds. "
         "Reward against full fine-tuning at its default learning rate with the same guidance. "
-        "Chosen: per PEFT method the highest mean reward, for `full` (the reference) the lowest mean FID (bold).",
+        "Chosen (bold): per PEFT method the highest mean reward; for `full` (the reference) the lowest mean FID, if it beats the default by more than the mean half-width of the FID bootstrap intervals.",
         "",
         "| guidance | method | lr | FID | KID | nn_own_rate | reward | reward per dataset |",
         "|---|---|---|---|---|---|---|---|",
