@@ -93,16 +93,9 @@ class SearchConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "SearchConfig":
-        import yaml
+        from memrl.utils.config import read_yaml_file
 
-        p = Path(path)
-        if not p.is_file():
-            raise MemrlError(f"config file {p} not found")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise MemrlError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
-        return cls.from_dict(data, source=str(p))
+        return cls.from_dict(read_yaml_file(path), source=str(Path(path)))
 
     def to_dict(self) -> dict:
         return {"env": self.env.to_dict(), "search": asdict(self.search)}

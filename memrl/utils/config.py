@@ -57,6 +57,21 @@ class ConfigError(MemrlError):
 
 
 @functools.lru_cache(maxsize=None)
+def read_yaml_file(path: Any) -> Any:
+    """A config file's YAML content (``{}`` when empty); a missing file or bad YAML is one clear line."""
+    from pathlib import Path
+
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise MemrlError(f"config file {p} not found")
+    try:
+        return yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise MemrlError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
+
+
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotation of every dataclass field of ``cls`` (cached: classes do not change)."""
     hints = typing.get_type_hints(cls)
