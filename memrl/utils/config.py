@@ -56,7 +56,6 @@ class ConfigError(MemrlError):
         return ConfigError(where, self.problem)
 
 
-@functools.lru_cache(maxsize=None)
 def read_yaml_file(path: Any) -> Any:
     """A config file's YAML content (``{}`` when empty); a missing file or bad YAML is one clear line."""
     from pathlib import Path
@@ -72,6 +71,7 @@ def read_yaml_file(path: Any) -> Any:
         raise MemrlError(f"config file {p} is not valid YAML: {str(exc).splitlines()[0]}") from None
 
 
+@functools.lru_cache(maxsize=None)
 def field_types(cls: type) -> dict[str, Any]:
     """The resolved annotation of every dataclass field of ``cls`` (cached: classes do not change)."""
     hints = typing.get_type_hints(cls)
