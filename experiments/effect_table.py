@@ -27,7 +27,7 @@ from memrl.metrics.names import QUALITY_METRICS, SUMMARY_METRICS
 from memrl.utils.io import write_json_atomic, write_text_atomic
 
 #: what the table prints per row, in print order (the metric names come from memrl.metrics.names)
-METRICS = (*QUALITY_METRICS, "nn_own_rate", "replication_rate", "extraction_rate", "noise_norm_mean", "reward")
+METRICS = (*QUALITY_METRICS, "nn_own_rate", "replication_rate", "extraction_rate", "text_guidance_auc", "reward")
 assert set(METRICS) <= {*SUMMARY_METRICS, "reward"}
 COLUMNS = (*METRICS, "trainable_fraction")
 
@@ -159,7 +159,7 @@ def main() -> int:
         f"Dataset `{data.name}`, units `{args.granularity}`, preset `{budget}`, seeds {args.seeds} (mean ± std over seeds). "
         f"Lower is better for every metric except reward.",
         "",
-        "| method | mask | lr | trainable % | FID | KID | nn_own_rate | replication | extraction | noise norm | reward |",
+        "| method | mask | lr | trainable % | FID | KID | nn_own_rate | replication | extraction | text-guidance AUC | reward |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for key, rs in raw.items():
