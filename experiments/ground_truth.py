@@ -132,6 +132,25 @@ def report(tables: dict[tuple[str, str, int], dict[str, dict]], command: str) ->
                 f"{float(base_nn):.3f} / {min(nn):.3f}-{max(nn):.3f} | {base_auc:.3f} / {float(t[all_bits]['text_guidance_auc']):.3f} / {min(auc):.3f}-{max(auc):.3f} |"
             )
 
+    # What the best masks share.
+    lines += [
+        "",
+        "**Structure** (unit names by bit position, as in `mask`):",
+        "",
+        "| table | reward vs units trained (Pearson r) | units in every top-8 mask | units in no top-8 mask |",
+        "|---|---|---|---|",
+    ]
+    for k in sorted(rewards, key=lambda k: (k[2], split_of(k[0]), k[0])):
+        rw = rewards[k]
+        n_bits = len(next(iter(rw)))
+        single = lambda i: "0" * i + "1" + "0" * (n_bits - i - 1)  # noqa: E731
+        names = [tables[k][single(i)]["mask"] if single(i) in tables[k] else f"bit {i}" for i in range(n_bits)]
+        top = sorted(rw, key=lambda m: -rw[m])[:8]
+        every = [names[i] for i in range(n_bits) if all(m[i] == "1" for m in top)]
+        never = [names[i] for i in range(n_bits) if all(m[i] == "0" for m in top)]
+        r = float(np.corrcoef([m.count("1") for m in rw], [rw[m] for m in rw])[0, 1]) if len(rw) > 2 else float("nan")
+        lines.append(f"| {k[0]} seed {k[2]} | {r:.2f} | {', '.join(every) or '-'} | {', '.join(never) or '-'} |")
+
     # How different are the best masks?
     seed0 = {k: b for k, b in best.items() if k[2] == 0}
     keys = sorted(seed0)
