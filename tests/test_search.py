@@ -364,3 +364,12 @@ def test_lookup_table_answers_the_same_search(real_run, tmp_path):
     from memrl.evaluation.lookup import LookupEvaluator
 
     assert isinstance(LookupEvaluator.from_dir(run), MaskEvaluator)
+
+
+def test_nsga2_population_follows_the_budget():
+    """Optuna's default population (50) would make NSGA-II pure random search at 32-64 trials."""
+    from memrl.search.optimizers import get_optimizer, nsga2_population
+
+    assert [nsga2_population(b) for b in (8, 32, 64, 1000)] == [4, 8, 16, 50]
+    sampler = get_optimizer("nsga2").make(0, lambda k: {}, 64)
+    assert sampler._population_size == 16

@@ -63,6 +63,8 @@ def load_dataset(
         return _resize(digits.variant_splits(name), image_size, channels)
     if name == "public":
         return _resize(digits.public_splits(), image_size, channels)
+    if s.startswith("family/") and s[len("family/") :].isdigit():
+        s = "family:" + s[len("family/") :]  # a member's own name (what results and tables record)
     if s.startswith("family:"):
         from memrl.data import family
 

@@ -171,7 +171,7 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
         return action_to_params(action_at(k, dims), units, env.methods, env.lr_scales)
 
     state = _load_state(run) if resume else {}
-    sampler = state.get("sampler") or optimizer.make(cfg.search.seed, params_at)
+    sampler = state.get("sampler") or optimizer.make(cfg.search.seed, params_at, total)
     if not resume:
         created = not run.exists()
         run.mkdir(parents=True, exist_ok=True)
