@@ -213,8 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if min(args.repeats, args.train_steps, args.sample_batch) < 1:
         ap.error("--repeats, --train-steps and --sample-batch must be >= 1")
+    threads_before = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    try:
+        return _run(args, argv)
+    finally:  # called in-process (tests): leave the caller's thread count as it was
+        torch.set_num_threads(threads_before)
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     with tempfile.TemporaryDirectory() as inductor_cache:
         # torch.compile's first call is timed cold: inductor's on-disk cache starts empty
         before = os.environ.get("TORCHINDUCTOR_CACHE_DIR")

@@ -29,7 +29,16 @@ def test_bench_overhead_prints_finite_positive_ratios(quick_model_dir, tmp_path,
     out = tmp_path / "bench.md"
     argv = ["--model", str(quick_model_dir[0]), "--preset", "quick", "--dataset", "inverted", "--repeats", "1",
             "--threads", "1", "--train-steps", "1", "--sample-batch", "8", "--skip-compile", "--out", str(out)]  # fmt: skip
-    assert mod.main(argv) == 0
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert mod.main(argv) == 0
+        # the caller's thread count is restored (later tests compare numbers made with it)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
     printed = capsys.readouterr().out
     table = out.read_text()
     assert table in printed and table.startswith("`python experiments/bench_overhead.py --model ")
