@@ -76,10 +76,11 @@ def test_generate_returns_the_sampling_trajectory_guidance_norm(quick_model_dir)
     images, norms = model.generate(prompts, 3, 2.0, seed=5, return_guidance_norms=True)
     assert torch.equal(plain, images)  # measuring changes nothing
     assert norms.shape == (3,) and norms[0] > 0 and norms[2] > 0
-    assert norms[1] == 0  # the empty prompt is the unconditional prediction
+    # the empty prompt is the unconditional prediction (zero up to the batch position's rounding)
+    assert norms[1] < 1e-4 * norms[0]
     # without guidance the samples are the conditional ones, and the norm is still measured
     _, n1 = model.generate(prompts, 3, 1.0, seed=5, return_guidance_norms=True)
-    assert n1[0] > 0 and n1[1] == 0
+    assert n1[0] > 0 and n1[1] < 1e-4 * n1[0]
 
 
 def test_memorization_probes_when_captions_repeat() -> None:
