@@ -98,52 +98,33 @@ def _spec(name: str) -> str:
 
 
 def ground_truth(ev, env, dataset: str) -> dict | None:  # noqa: ANN001
-    """Every mask's reward on ``dataset`` from the tables, evaluated as every outer loop does;
-    ``None`` when the tables lack a mask (or the reference / base rows)."""
+    """Every mask's reward on ``dataset`` from the tables, evaluated as every outer loop does
+    (:func:`memrl.evaluation.ground_truth.ground_truth`); ``None`` when the tables lack a mask (or
+    the reference / base rows)."""
     from memrl.data.loaders import load_dataset
-    from memrl.evaluation.protocol import evaluate_proposal
-    from memrl.evaluation.space import action_dims, decode_action, enumerate_actions
+    from memrl.evaluation.ground_truth import ground_truth as truth_of
 
     data = load_dataset(dataset, ev.image_size, ev.image_channels)
     ev.check_data(data)
-    ecfg = env.eval_config()
-    cov = ev.coverage(data, env.methods[0] if env.methods else env.method, ecfg, seed=env.seed)
-    if cov["masks"] < cov["possible"] or not cov["reference"] or not cov["base"]:
+    gt = truth_of(ev, data, dataset, env.eval_config(), env.method, env.methods, env.lr_scales, env.seed, env.resolved_failure_reward())
+    if gt is None:
         return None
     units = list(ev.units)
-    rewards: dict[str, float] = {}
-    failed: list[str] = []
-    sig = []
-    for action in enumerate_actions(action_dims(len(units), env.methods, env.lr_scales)):
-        bits, method, lr = decode_action(action, len(units), env.method, env.methods, env.lr_scales)
-        reward, info = evaluate_proposal(ev, data, dataset, bits, method, lr, ecfg, env.seed, env.resolved_failure_reward())
-        key = info["mask_bits"]
-        if key in rewards:
-            continue
-        rewards[key] = float(reward)
-        if info["failed"]:
-            failed.append(key)
-        sig.append([key, float(reward), info.get("fid"), info.get(str(ecfg.reward.mem_metric))])
-    ok = {k: r for k, r in rewards.items() if k not in failed}
-    if not ok:
-        return None
-    r_max, r_min = max(ok.values()), min(ok.values())
-    span = r_max - r_min
-    good = [k for k, r in ok.items() if span == 0 or (r - r_min) / span >= WITHIN]
-    best = [k for k, r in ok.items() if r == r_max]
-    masks = {k: str(_mask(k, units)) for k in best}
+    ok = gt.ok
+    good = [k for k, r in ok.items() if gt.within(r, WITHIN)]
+    best = gt.optimum
     return {
         "dataset": dataset,
         "data_name": data.name,
-        "masks": len(rewards),
-        "failed": len(failed),
-        "r_max": r_max,
-        "r_min": r_min,
-        "optimum": [masks[k] for k in best],
+        "masks": gt.n,
+        "failed": len(gt.failed),
+        "r_max": gt.r_max,
+        "r_min": gt.r_min,
+        "optimum": [str(_mask(k, units)) for k in best],
         "optimum_bits": best,
         "within": len(good),
-        "rewards": rewards,
-        "signature": hashlib.sha256(json.dumps(sig, sort_keys=True, default=str).encode()).hexdigest()[:16],
+        "rewards": dict(gt.rewards),
+        "signature": gt.signature,
     }
 
 
