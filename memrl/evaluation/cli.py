@@ -45,6 +45,8 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mem-metric", default=None, choices=list(MEM_METRICS), help="memorization metric used in the reward (default nn_own_rate); short for --set reward.mem_metric=X")
     p.add_argument("--granularity", default="attention", choices=list(GRANULARITIES), help="what a mask bit switches: each attention block (default, SD's 16 transformer blocks), attention blocks and resnets, or whole down/mid/up blocks")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 4); short for --set finetune.rank=N")
+    p.add_argument("--random-words", type=int, default=None, metavar="K", help="mitigation (Somepalli et al. 2023): insert K random words, drawn from the training captions' own words, at random positions of every caption each time it is drawn (default 0: off); short for --set finetune.caption_random_words=K")
+    p.add_argument("--guidance-filter", type=float, default=None, metavar="T", help="mitigation (Wen et al. 2024): leave out of the loss every training sample whose text-guidance magnitude ||eps(x_t, c) - eps(x_t, '')|| is above T (default: off); the result reports filtered_share; short for --set finetune.guidance_filter_threshold=T. The reward's reference stays plain full fine-tuning")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars (--json hides them too)")
     p.add_argument("--json", action="store_true", help="print only the JSON object (no progress, no summary line)")
@@ -106,7 +108,8 @@ _FLAG_FIELDS = {"method": "--method", "lr": "--lr", "seed": "--seed", "granulari
 
 def eval_config(args: argparse.Namespace):  # noqa: ANN201
     """The preset's :class:`EvalConfig` with ``--set`` and its one-off aliases (``--lam``, ``--mu``,
-    ``--mem-metric``, ``--rank``) applied and checked; nothing is loaded or written."""
+    ``--mem-metric``, ``--rank``, ``--random-words``, ``--guidance-filter``) applied and checked;
+    nothing is loaded or written."""
     from memrl.errors import MemrlError
     from memrl.evaluation import preset
     from memrl.utils.overrides import apply_sets, flatten_sets, nest, parse_sets
@@ -119,7 +122,15 @@ def eval_config(args: argparse.Namespace):  # noqa: ANN201
         raise MemrlError(f"--set: {flags}: memrl evaluate sets {'it' if len(taken) == 1 else 'them'} from its own flag{'s' if len(taken) > 1 else ''}")
     flat = flatten_sets(sets)
     cfg = preset(args.preset)
-    for flag, key, value in (("--lam", "reward.lam", args.lam), ("--mu", "reward.mu", args.mu), ("--mem-metric", "reward.mem_metric", args.mem_metric), ("--rank", "finetune.rank", args.rank)):
+    aliases = (
+        ("--lam", "reward.lam", args.lam),
+        ("--mu", "reward.mu", args.mu),
+        ("--mem-metric", "reward.mem_metric", args.mem_metric),
+        ("--rank", "finetune.rank", args.rank),
+        ("--random-words", "finetune.caption_random_words", getattr(args, "random_words", None)),
+        ("--guidance-filter", "finetune.guidance_filter_threshold", getattr(args, "guidance_filter", None)),
+    )
+    for flag, key, value in aliases:
         if value is None:
             continue
         if key in flat and flat[key] != value:

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from memrl.errors import MemrlError
 from memrl.metrics.names import MEM_METRICS  # re-exported: the reward's memorization choices
-from memrl.training.finetune import FinetuneConfig
+from memrl.training.finetune import MITIGATION_FIELDS, FinetuneConfig
 from memrl.utils.config import ConfigError, check_fields
 
 
@@ -79,6 +79,20 @@ class EvalConfig:
 
     def with_method(self, method: str, lr: float | None, seed: int) -> "EvalConfig":
         return replace(self, finetune=replace(self.finetune, method=method, lr=lr, seed=seed))
+
+    def without_mitigations(self) -> "EvalConfig":
+        """This config with the fine-tune's mitigation options off (random words, guidance filter).
+
+        The reward's reference (full fine-tuning) and the base model are evaluated with it: the
+        reference stays the plain fine-tune, so rewards with and without a mitigation share one
+        scale (and one cached reference), and the base model, which is not fine-tuned, is one
+        cache entry whatever the options say.
+        """
+        defaults = FinetuneConfig()
+        off = {name: getattr(defaults, name) for name in MITIGATION_FIELDS}
+        if all(getattr(self.finetune, k) == v for k, v in off.items()):
+            return self
+        return replace(self, finetune=replace(self.finetune, **off))
 
 
 def preset(name: str) -> EvalConfig:

@@ -42,11 +42,17 @@ from memrl.models.feature_net import FeatureNet
 from memrl.models.pipeline import DiffusionModel
 from memrl.metrics.names import SUMMARY_METRICS
 from memrl.peft_masking import Mask, enumerate_units, trainable_units
-from memrl.training.finetune import finetune, probe_groups
+from memrl.training.finetune import FinetuneConfig, finetune, probe_groups
 from memrl.utils.images import save_grid, save_pairs
 
 #: Bumped whenever a change to this code can change a result: it is part of every cache key.
 EVAL_VERSION = 3
+
+#: ``FinetuneConfig`` fields added after cache keys of this EVAL_VERSION were stored: a request
+#: leaves each out while it is at its default, so a config that does not use them has exactly the
+#: request (and key) it had before they existed. Every fine-tuning field added later goes here,
+#: with a default that reproduces the old behaviour (tests/test_mitigations.py checks a stored key).
+KEY_FIELDS_OMITTED_AT_DEFAULT: tuple[str, ...] = ("caption_random_words", "guidance_filter_threshold")
 
 
 @contextmanager
@@ -110,11 +116,19 @@ def build_request(
     The reward settings are left out: the reward is computed from a cached result and the cached
     reference, so changing ``lam`` or ``mu`` reuses every evaluation. The fine-tune runs over
     ``units`` at ``granularity`` whatever ``cfg.finetune.granularity`` says.
+
+    Compatibility rule: a fine-tuning field added after keys were stored (the mitigation options,
+    :data:`KEY_FIELDS_OMITTED_AT_DEFAULT`) is left out of the request while it is at its default,
+    so every stored evaluation and lookup-table row keeps its key; set to anything else it is part
+    of the key like any other field. EVAL_VERSION is bumped only when a result would change.
     """
     if cfg.finetune.granularity != granularity:
         cfg = replace(cfg, finetune=replace(cfg.finetune, granularity=granularity))
     config = cfg.to_dict()
     config.pop("reward", None)
+    for name in KEY_FIELDS_OMITTED_AT_DEFAULT:
+        if config["finetune"][name] == _FINETUNE_DEFAULTS[name]:
+            del config["finetune"][name]
     return {
         "eval_version": EVAL_VERSION,
         "model": model_hash,
@@ -127,6 +141,10 @@ def build_request(
         "config": config,
         "runtime": runtime,
     }
+
+
+#: What each fine-tuning field is when nobody sets it (for the rule above).
+_FINETUNE_DEFAULTS: dict = asdict(FinetuneConfig())
 
 
 #: A held-out set smaller than this cannot give FID/KID at all (a clear error instead of a traceback).
@@ -279,14 +297,19 @@ class Evaluator:
 
         Its ``nn_own_rate`` is the chance level: how often a generation's nearest training image
         is the probe's own one without ever having seen it (high when captions are class-level or
-        the digits look alike).
+        the digits look alike). The mitigation options are dropped: nothing is fine-tuned, so they
+        change nothing, and the base stays one cache entry.
         """
-        bcfg = cfg.with_method("full", None, cfg.finetune.seed)
+        bcfg = cfg.without_mitigations().with_method("full", None, cfg.finetune.seed)
         return self._cached_run(data, Mask.parse("none", self.units), bcfg, None, progress)
 
     def reference(self, data: DatasetSplits, cfg: EvalConfig, progress: bool = False) -> dict:
-        """Full fine-tuning of the whole UNet with the same budget, data and seed (cached)."""
-        rcfg = cfg.with_method("full", None, cfg.finetune.seed)
+        """Full fine-tuning of the whole UNet with the same budget, data and seed (cached).
+
+        Without the mitigation options (:meth:`EvalConfig.without_mitigations`): the reward of a
+        mitigated mask is measured against the plain full fine-tune, like every other reward.
+        """
+        rcfg = cfg.without_mitigations().with_method("full", None, cfg.finetune.seed)
         return self._cached_run(data, Mask.parse("all", self.units), rcfg, None, progress)
 
     def _cached_run(self, data: DatasetSplits, mask: Mask, cfg: EvalConfig, out_dir, progress: bool) -> dict:  # noqa: ANN001
@@ -422,6 +445,10 @@ class Evaluator:
             "timings": {k: round(v, 3) for k, v in timings.items()},
             "seconds": round(time.time() - t0, 3),
         }
+        if fcfg.guidance_filter_threshold is not None:  # only then: a default result has today's fields
+            result["filtered_share"] = ft.filtered_share
+            result["filtered_samples"] = ft.samples_filtered
+            result["filter_skipped_steps"] = ft.skipped_steps
         if out_dir is not None:
             out = Path(out_dir)
             out.mkdir(parents=True, exist_ok=True)

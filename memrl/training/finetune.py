@@ -7,7 +7,14 @@ is what induces memorization), then AdamW at a constant learning rate with gradi
 the DDPM epsilon loss and caption dropout. Everything random is drawn from one seeded CPU
 generator, so the same request gives the same weights.
 
-The text encoder (and VAE) stay frozen, as in the paper; their outputs are computed once.
+Two published mitigations can be switched on (:mod:`memrl.training.mitigations`, both off by
+default): random words added to the captions (``caption_random_words``) and Wen et al.'s filter
+that drops samples with a large text-guidance magnitude from the loss
+(``guidance_filter_threshold``). They draw from their own streams, so with a mitigation on the
+batches, noise and caption dropout are the same as without it (a paired comparison).
+
+The text encoder (and VAE) stay frozen, as in the paper; their outputs are computed once (the
+captions' encodings once per step when random words change the captions every draw).
 """
 
 from __future__ import annotations
@@ -25,12 +32,17 @@ from memrl.errors import MemrlError, NonFiniteError
 from memrl.models.pipeline import DiffusionModel
 from memrl.peft_masking import METHOD_REGISTRY, Mask, apply_peft, get_method
 from memrl.training.losses import epsilon_loss
+from memrl.training.mitigations import RandomWordAdder, caption_vocabulary, filtered_epsilon_loss
+from memrl.utils.config import ConfigError
 
 #: Per-method default learning rates, ``{method: lr}``: derived from the method registry
 #: (:data:`memrl.peft_masking.registry.METHOD_REGISTRY`, ``MethodSpec.default_lr``), where each
 #: value and its provenance live. Kept for compatibility; :meth:`FinetuneConfig.resolved_lr`
 #: reads the registry itself.
 DEFAULT_LR: dict[str, float] = {name: spec.default_lr for name, spec in METHOD_REGISTRY.items()}
+
+#: The :class:`FinetuneConfig` fields that switch a mitigation on (:mod:`memrl.training.mitigations`).
+MITIGATION_FIELDS: tuple[str, ...] = ("caption_random_words", "guidance_filter_threshold")
 
 
 @dataclass
@@ -51,6 +63,20 @@ class FinetuneConfig:
     data_seed: int = 0
     seed: int = 0
     granularity: str = "attention"
+    #: Random word addition (Somepalli et al. 2023): words inserted into each drawn caption; 0 = off.
+    caption_random_words: int = 0
+    #: Wen et al. (ICLR 2024): samples whose ``||eps_c - eps_u||`` exceeds this are left out of the loss; None = off.
+    guidance_filter_threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        # Only the mitigation options are checked here (the other fields are checked by whoever
+        # fills the config, and coercing them here would change stored cache keys).
+        k = self.caption_random_words
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise ConfigError("finetune config", f"'caption_random_words' must be an integer >= 0 (0 = off), got {k!r}")
+        t = self.guidance_filter_threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)) or not t > 0):
+            raise ConfigError("finetune config", f"'guidance_filter_threshold' must be a number > 0 or null (off), got {t!r}")
 
     def resolved_lr(self) -> float:
         """``lr``, or the method's default learning rate from the registry (MemrlError for an unknown method)."""
@@ -68,6 +94,16 @@ class FinetuneResult:
     train_size: int
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    #: Samples drawn over all steps, and how many of them Wen et al.'s filter left out of the loss.
+    samples_seen: int = 0
+    samples_filtered: int = 0
+    #: Steps with every sample filtered: no update (the optimizer is not stepped).
+    skipped_steps: int = 0
+
+    @property
+    def filtered_share(self) -> float:
+        """Share of the drawn samples the guidance filter dropped (0 when it is off or nothing trained)."""
+        return self.samples_filtered / self.samples_seen if self.samples_seen else 0.0
 
 
 def memorization_indices(train: CaptionedImages, n_mem: int) -> list[int]:
@@ -147,6 +183,7 @@ def finetune(
     train, mem = training_set(data, cfg)
     mem_set = data.train.subset(mem, name=f"{data.name}/memorization") if mem else data.train.subset([], name="empty")
     losses: list[float] = []
+    seen = filtered = skipped = 0
     if peft.trainable_params > 0 and cfg.steps > 0:
         device = model.device
         with torch.no_grad():
@@ -155,6 +192,8 @@ def finetune(
             ctx_table = torch.cat([model.encode_prompts(uniq[i : i + 256]) for i in range(0, len(uniq), 256)])
             empty = model.encode_prompts([""])[0]
         cap_idx = torch.tensor([uniq.index(c) for c in train.captions])
+        words = RandomWordAdder(caption_vocabulary(uniq), cfg.caption_random_words, cfg.seed) if cfg.caption_random_words > 0 else None
+        threshold = cfg.guidance_filter_threshold
         opt = torch.optim.AdamW(peft.param_groups(cfg.weight_decay), lr=cfg.resolved_lr())
         params = [p for _, p in peft.trainable]
         model.unet.train()
@@ -166,16 +205,29 @@ def finetune(
                 perm, pos = torch.randperm(n, generator=gen), 0
             idx = perm[pos : pos + cfg.batch_size]
             pos += cfg.batch_size
-            ctx = ctx_table[cap_idx[idx]]
+            if words is None:
+                ctx = ctx_table[cap_idx[idx]]
+            else:  # new words every draw: encoded per step (the text encoder is frozen)
+                with torch.no_grad():
+                    ctx = model.encode_prompts(words([train.captions[i] for i in idx.tolist()]))
             drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
             ctx = torch.where(drop[:, None, None].to(ctx.device), empty.expand_as(ctx), ctx)
-            loss = epsilon_loss(model.unet, model.scheduler, latents[idx], ctx, gen)
+            seen += len(idx)
+            if threshold is None:
+                loss = epsilon_loss(model.unet, model.scheduler, latents[idx], ctx, gen)
+            else:
+                step = filtered_epsilon_loss(model.unet, model.scheduler, latents[idx], ctx, empty, gen, threshold)
+                filtered += step.n_filtered
+                if step.loss is None:  # every sample filtered: nothing to learn from this batch
+                    skipped += 1
+                    continue
+                loss = step.loss
             if not torch.isfinite(loss):
                 # stop before a NaN reaches the weights, the samples and the metric kernels (some of
                 # which abort the process on NaN input): the step is recorded as failed instead
                 bar.close()
                 raise NonFiniteError(
-                    f"fine-tune diverged: {cfg.method} loss is {float(loss.detach())} at step {len(losses) + 1} "
+                    f"fine-tune diverged: {cfg.method} loss is {float(loss.detach())} at step {len(losses) + skipped + 1} "
                     f"of {cfg.steps} (lr {cfg.resolved_lr():g}); lower the learning rate"
                 )
             opt.zero_grad(set_to_none=True)
@@ -192,4 +244,4 @@ def finetune(
             )
     model.eval()
     model.requires_grad_(False)
-    return FinetuneResult(model, peft, mem_set, mem, len(train), losses, time.time() - t0)
+    return FinetuneResult(model, peft, mem_set, mem, len(train), losses, time.time() - t0, seen, filtered, skipped)
