@@ -8,9 +8,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1] / "memrl"
 
 #: Higher numbers may import lower ones. Packages of one rank are siblings: neither imports the other.
+#: agents sits above search (``memrl replay --budget`` refines a policy's mask with a search); search
+#: never imports agents (a trained policy, for ``--warm-start``, is loaded by memrl.envs.policy).
 RANK = {
-    "cli": 10, "interop": 9, "agents": 8, "search": 8, "reporting": 7, "envs": 7, "evaluation": 6, "training": 5,
-    "data": 4, "metrics": 3, "peft_masking": 3, "models": 3, "utils": 2, "errors": 1, "__init__": 11,
+    "cli": 11, "interop": 10, "agents": 9, "search": 8, "reporting": 7, "envs": 7, "evaluation": 6, "training": 5,
+    "data": 4, "metrics": 3, "peft_masking": 3, "models": 3, "utils": 2, "errors": 1, "__init__": 12,
 }  # fmt: skip
 
 

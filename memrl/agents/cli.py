@@ -52,13 +52,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="apply a trained policy to a new dataset: its mask, a Stage-2 fine-tune, a report",
         description="Describe DATASET, take the policy's deterministic mask with zero search evaluations, fine-tune "
         "on the whole dataset with it, evaluate against full fine-tuning on the same data, and write OUT/report.json, "
-        "the fine-tuned model (OUT/model/, diffusers format; OUT/adapter/ for peft methods) and sample pictures.",
+        "the fine-tuned model (OUT/model/, diffusers format; OUT/adapter/ for peft methods) and sample pictures. "
+        "--budget K first spends K evaluations refining the policy's mask with a search warm-started with its top "
+        "proposals (OUT/search/, a memrl search run); the best mask found goes to the fine-tune instead.",
     )
     r.add_argument("--policy", required=True, help="RUN/policy.zip written by memrl train (config.yaml and descriptor.json must sit beside it)")
     r.add_argument("--dataset", required=True, help="built-in variant name, image folder (with metadata.csv/jsonl or .txt captions) or CSV of path + caption")
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--pretrained", "--model", dest="pretrained", default=None, help="base model folder (default: the one the policy was trained with); --model is an alias")
     r.add_argument("--n-repeats", type=int, default=1, help="copies of the memorization-probe images in the Stage-2 training set (default 1: no forced duplication)")
+    r.add_argument(
+        "--budget",
+        default="0",
+        metavar="K",
+        help="search evaluations spent on DATASET before the fine-tune (default 0: the policy's own mask, no search). K > 0: a "
+        "memrl search run in OUT/search/ with the policy's evaluation settings (method(s), lr scales, preset, overrides, seed, "
+        "reward), warm-started with the policy's most probable proposals (its own mask first); its best mask by reward is fine-tuned",
+    )
+    r.add_argument("--warm-start-k", default=None, metavar="N", help="with --budget: how many of the policy's proposals start the search (default min(4, K))")
+    r.add_argument("--optimizer", default=None, metavar="NAME", help="with --budget: the search's optimizer after the warm start, tpe (default) or random")
     r.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bars (--json hides them too)")
     r.add_argument("--json", action="store_true", help="print the whole report as JSON instead of a summary")
@@ -217,15 +229,37 @@ def _short(value) -> str:  # noqa: ANN001
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from memrl.agents.replay import replay
+    from memrl.agents.replay import checked_count, replay
 
-    rep = replay(args.policy, args.dataset, args.out, pretrained=args.pretrained, n_repeats=args.n_repeats, device=_device(args.device), progress=not (args.json or args.no_progress))
+    budget = checked_count(args.budget, "--budget", 0, "search evaluations before Stage 2; 0: the policy's own mask")
+    rep = replay(
+        args.policy,
+        args.dataset,
+        args.out,
+        pretrained=args.pretrained,
+        n_repeats=args.n_repeats,
+        device=_device(args.device),
+        progress=not (args.json or args.no_progress),
+        budget=budget,
+        warm_start_k=args.warm_start_k,
+        optimizer=args.optimizer,
+    )
     if args.json:
         print(json.dumps(rep))
     else:
-        m, f = rep["metrics"], rep["full_finetune"]
-        print(f"dataset {rep['dataset']}: policy mask [{', '.join(rep['mask_units']) or 'none'}] ({rep['method']}, lr {rep['lr']:g}), 0 search evaluations")
-        print(f"  policy mask : FID {m['fid']:.2f}  nn_own_rate {m['nn_own_rate']:.3f}  replication {m['replication_rate']:.3f}  trainable {100 * m['trainable_fraction']:.2f}%")
+        m, f, s = rep["metrics"], rep["full_finetune"], rep["search"]
+        units = ", ".join(rep["mask_units"]) or "none"
+        if s is None:
+            print(f"dataset {rep['dataset']}: policy mask [{units}] ({rep['method']}, lr {rep['lr']:g}), 0 search evaluations")
+        else:
+            z = rep["zero_shot"]
+            zr = "not evaluated" if z["search_reward"] is None else f"search reward {z['search_reward']:.3f}"
+            best = "no evaluation succeeded: the policy's mask is kept" if s["reward"] is None else f"best search reward {s['reward']:.3f} (trial {s['step']}{', a policy proposal' if s['warm_start'] else ''})"
+            print(f"dataset {rep['dataset']}: searched mask [{units}] ({rep['method']}, lr {rep['lr']:g}), {rep['search_evaluations']} search evaluations ({s['optimizer']}, warm-started with {s['warm_start_k']} policy proposal{'s' if s['warm_start_k'] != 1 else ''})")
+            print(f"  zero-shot   : policy mask [{', '.join(z['mask_units']) or 'none'}] {zr}; {best}")
+        label = "policy mask " if s is None else "searched    "
+        print(f"  {label}: FID {m['fid']:.2f}  nn_own_rate {m['nn_own_rate']:.3f}  replication {m['replication_rate']:.3f}  trainable {100 * m['trainable_fraction']:.2f}%")
         print(f"  full FT     : FID {f['fid']:.2f}  nn_own_rate {f['nn_own_rate']:.3f}  replication {f['replication_rate']:.3f}")
-        print(f"wrote {args.out}/report.json and the fine-tuned model in {rep['saved'].get('model')}", file=sys.stderr)
+        where = "" if s is None else f" (the search in {s['run']})"
+        print(f"wrote {args.out}/report.json{where} and the fine-tuned model in {rep['saved'].get('model')}", file=sys.stderr)
     return 0

@@ -1,46 +1,79 @@
-"""``memrl replay``: apply a learned policy to a dataset it never saw, with zero search evaluations.
+"""``memrl replay``: apply a learned policy to a dataset it never saw, with zero search evaluations
+(or, with ``--budget K``, K of them to refine the policy's proposal).
 
-1. Load the policy and its run folder (``config.yaml``, ``descriptor.json`` beside ``policy.zip``).
-2. Describe the new dataset and ask the policy for its deterministic mask (and method / lr).
-3. Stage 2: fine-tune with that mask on the whole dataset (no forced duplication unless
+1. Load the policy and its run folder (``config.yaml``, ``descriptor.json`` beside ``policy.zip``:
+   :class:`memrl.envs.policy.TrainedPolicy`) and check it fits the model's units.
+2. Describe the new dataset and ask the policy for its deterministic mask (and method / lr): the
+   zero-shot proposal.
+3. With ``budget`` K > 0 (few-shot refinement): spend K real evaluations on the new dataset with the
+   policy's own env settings (method(s), lr scales, preset, eval_overrides, seed, reward: the
+   objective it was trained on) in a ``memrl search`` run in ``OUT/search/`` (tpe or random),
+   warm-started with the policy's most probable proposals, its deterministic mask first
+   (``warm_start_k``, default ``min(4, K)``). The search's best mask by reward replaces the
+   zero-shot one. With K = 0 (the default) nothing is searched: today's replay, unchanged.
+4. Stage 2: fine-tune with the chosen mask on the whole dataset (no forced duplication unless
    ``n_repeats`` > 1), measure it, and measure full fine-tuning on the same data and budget.
-4. Write ``OUT/report.json``, the fine-tuned model as a diffusers folder (``OUT/model/``, the
-   adaptation merged into a plain ``UNet2DConditionModel``), the peft adapter when the method has
-   one (``OUT/adapter/``), and sample pictures.
+5. Write ``OUT/report.json`` (with ``zero_shot``, ``search_evaluations`` and ``search``), the
+   fine-tuned model as a diffusers folder (``OUT/model/``, the adaptation merged into a plain
+   ``UNet2DConditionModel``), the peft adapter when the method has one (``OUT/adapter/``), and
+   sample pictures.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from memrl.agents.config import TrainConfig
-from memrl.envs.descriptor import DescriptorBasis
-from memrl.envs.mask_selection import N_METRICS, action_dims, decode_action, observation
+from memrl.envs.policy import TrainedPolicy
 from memrl.errors import MemrlError
 from memrl.metrics.names import SUMMARY_METRICS
 from memrl.utils.io import atomic_dir, write_json_atomic
 
 REFERENCE_KEYS = (*SUMMARY_METRICS, "trainable_fraction")
+#: Optimizers ``memrl replay --budget`` refines with (a warm start needs enqueued trials).
+REFINE_OPTIMIZERS = ("tpe", "random")
+#: The most policy proposals a refinement enqueues by default (never more than the budget).
+DEFAULT_WARM_START_K = 4
+#: The refinement's search run, inside ``OUT``.
+SEARCH_DIR = "search"
 
 
 def load_policy(policy: str | Path):  # noqa: ANN201
-    """(PPO model, TrainConfig, DescriptorBasis) of a ``policy.zip`` inside its run folder."""
-    from stable_baselines3 import PPO
+    """(PPO model, TrainConfig, DescriptorBasis) of a ``policy.zip`` inside its run folder
+    (loaded and checked by :meth:`memrl.envs.policy.TrainedPolicy.load`)."""
+    tp = TrainedPolicy.load(policy)
+    return tp.model, TrainConfig.load(tp.path.parent / "config.yaml"), tp.basis
 
-    p = Path(policy)
-    if not p.is_file():
-        raise MemrlError(f"policy file {p} not found (memrl train writes RUN/policy.zip)")
-    run = p.parent
-    if not (run / "config.yaml").is_file():
-        raise MemrlError(f"{run} has no config.yaml: keep policy.zip in its run folder (with config.yaml and descriptor.json)")
-    try:
-        model = PPO.load(p, device="cpu")
-    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign zip
-        raise MemrlError(f"cannot load policy {p}: {type(exc).__name__}: {exc}") from None
-    return model, TrainConfig.load(run / "config.yaml"), DescriptorBasis.load(run / "descriptor.json")
+
+def checked_count(value: Any, flag: str, minimum: int, what: str = "") -> int:
+    """``value`` (an int, or the command line's text of one) as an int >= ``minimum``; else one
+    :class:`MemrlError` naming ``flag`` (``what``: what the number counts, for the message)."""
+    n = None
+    if isinstance(value, str):
+        try:
+            n = int(value.strip())
+        except ValueError:
+            n = None
+    elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        n = int(value)
+    if n is None or n < minimum:
+        raise MemrlError(f"{flag} must be a whole number >= {minimum}{f' ({what})' if what else ''}, got {value!r}")
+    return n
+
+
+def refinement_config(policy: TrainedPolicy, dataset: str, pretrained: str, budget: int, optimizer: str, warm_start_k: int, out: Path, device: str):  # noqa: ANN201
+    """The :class:`memrl.search.config.SearchConfig` of ``replay --budget``: the policy's env
+    settings on ``dataset`` (the evaluation it was trained on), warm-started with the policy itself,
+    its cache the replay's (``OUT/evaluations.sqlite``), no final pictures (Stage 2 makes them)."""
+    from memrl.search.config import SearchConfig, SearchSettings
+
+    env = policy.env.with_(datasets=[dataset], pretrained=str(pretrained), cache=str(out / "evaluations.sqlite"), device=device)
+    settings = SearchSettings(optimizer=optimizer, budget=budget, dataset=dataset, final_pictures=False, warm_start=str(policy.path), warm_start_k=warm_start_k)
+    return SearchConfig(env=env, search=settings)
 
 
 def save_finetuned(ft, out: Path) -> dict:  # noqa: ANN001
@@ -75,44 +108,106 @@ def save_finetuned(ft, out: Path) -> dict:  # noqa: ANN001
     return written
 
 
-def replay(policy: str | Path, dataset: str, out: str | Path, pretrained: str | None = None, n_repeats: int = 1, device: str = "cpu", progress: bool = True) -> dict:
+def replay(
+    policy: str | Path,
+    dataset: str,
+    out: str | Path,
+    pretrained: str | None = None,
+    n_repeats: int = 1,
+    device: str = "cpu",
+    progress: bool = True,
+    budget: int | str = 0,
+    warm_start_k: int | str | None = None,
+    optimizer: str | None = None,
+) -> dict:
+    """Apply ``policy`` to ``dataset`` and write ``OUT`` (see the module docstring); returns the report.
+
+    ``budget``: search evaluations before Stage 2 (0: none, the zero-shot mask goes to Stage 2);
+    ``warm_start_k``: how many of the policy's proposals start the search (default ``min(4, budget)``);
+    ``optimizer``: ``tpe`` (default) or ``random``. Every input is checked before ``OUT`` is created.
+    """
     from memrl.data.loaders import load_dataset
     from memrl.evaluation import Evaluator
     from memrl.evaluation.cache import EvalCache
     from memrl.evaluation.reward import reward as compute_reward
     from memrl.peft_masking import Mask
 
+    budget = checked_count(budget, "--budget", 0, "search evaluations before Stage 2; 0: the policy's own mask")
     if n_repeats < 1:
         raise MemrlError(f"--n-repeats must be >= 1, got {n_repeats}")
-    model, cfg, basis = load_policy(policy)
-    env_cfg = cfg.env
+    if budget == 0 and (warm_start_k is not None or optimizer is not None):
+        given = " and ".join(f for f, v in (("--warm-start-k", warm_start_k), ("--optimizer", optimizer)) if v is not None)
+        raise MemrlError(f"{given} refine(s) the policy's mask with a search: give --budget K > 0 (search evaluations) too")
+    if optimizer is not None and optimizer not in REFINE_OPTIMIZERS:
+        raise MemrlError(f"--optimizer {optimizer!r} cannot refine a policy's mask; valid: {', '.join(REFINE_OPTIMIZERS)}")
+    k = checked_count(warm_start_k, "--warm-start-k", 1, "policy proposals that start the search") if warm_start_k is not None else min(DEFAULT_WARM_START_K, budget)
+    tp = TrainedPolicy.load(policy)
+    env_cfg = tp.env
     out = Path(out)
     evaluator = Evaluator(pretrained or env_cfg.pretrained, device=device, granularity=env_cfg.granularity)
-    n = len(evaluator.units)
-    want_obs = basis.dim + n + N_METRICS
-    got_obs = int(model.observation_space.shape[0])
-    want_act = len(action_dims(n, env_cfg))
-    got_act = int(np.prod(model.action_space.shape))
-    if got_obs != want_obs or got_act != want_act:
-        raise MemrlError(
-            f"policy {policy} was trained for {got_act - (want_act - n)} units (observation {got_obs}), "
-            f"the model {evaluator.pretrained_dir} has {n} units (observation {want_obs}); use a policy trained on this model's units"
-        )
-    data = load_dataset(dataset, evaluator.model.image_size, evaluator.model.image_channels)
+    tp.check_fits(evaluator)
+    data = load_dataset(dataset, evaluator.image_size, evaluator.image_channels)
     evaluator.check_data(data)
+    search_cfg = None
+    if budget:
+        search_dir = out / SEARCH_DIR
+        if search_dir.exists() and (not search_dir.is_dir() or any(search_dir.iterdir())):
+            raise MemrlError(f"{search_dir} already holds a search run (or is a file); choose another --out for replay --budget")
+        search_cfg = refinement_config(tp, dataset, str(evaluator.pretrained_dir), budget, optimizer or "tpe", k, out, device)
     out.mkdir(parents=True, exist_ok=True)  # only once every input is known to be good
     evaluator.cache = EvalCache(out / "evaluations.sqlite")
 
-    # the policy's proposal: zero search evaluations
-    desc = basis.describe(evaluator.feature_net, data)
-    obs = observation(desc, np.zeros(n, np.float32), np.zeros(N_METRICS, np.float32))
-    action, _ = model.predict(obs, deterministic=True)
-    bits, method, lr = decode_action(action, n, env_cfg)
-    proposed = Mask.from_bits([int(b) for b in bits], evaluator.units)
-    mask, empty = evaluator.effective_mask(method, proposed)  # the units the method can train
+    # the policy's own proposal (zero-shot)
+    desc = tp.describe(evaluator, data)
+    zero = tp.deterministic(evaluator, desc)
+    ecfg = env_cfg.eval_config()
+    zero_shot = {
+        **{k_: v for k_, v in zero.to_dict().items() if k_ not in ("log_prob", "deterministic")},
+        "lr": ecfg.with_method(zero.method, zero.lr, env_cfg.seed).finetune.resolved_lr(),
+        "search_reward": None,  # the search preset's reward, when the refinement evaluated it
+        "search_step": None,
+    }
+    proposed, mask, empty, method, lr = Mask.from_bits(list(zero.bits), evaluator.units), zero.mask, zero.empty, zero.method, zero.lr
+    search_report = None
+    spent = 0
+    if search_cfg is not None:  # few-shot refinement: K evaluations, warm-started with the policy
+        from memrl.search.run import search
+
+        summary = search(search_cfg, out / SEARCH_DIR, progress=progress, echo=lambda _s: None, evaluator=evaluator)
+        spent = int(summary["evaluations"])
+        warm = summary.get("warm_start") or {"trials": []}
+        first = next((t for t in warm["trials"] if t["rank"] == 0), None)
+        if first is not None:
+            zero_shot["search_reward"] = first["reward"]
+            zero_shot["search_step"] = first["step"]
+        search_report = {
+            "run": str(out / SEARCH_DIR),
+            "optimizer": summary["optimizer"],
+            "budget": budget,
+            "warm_start_k": k,
+            "evaluations": spent,
+            "fresh_evaluations": summary["fresh_evaluations"],
+            **dict.fromkeys(("mask", "mask_bits", "mask_units", "method", "lr", "reward", "step", "warm_start")),
+        }
+        choice = _best_search_proposal(out / SEARCH_DIR, search_cfg, evaluator)
+        if choice is not None:  # else (every evaluation failed) the zero-shot mask goes to Stage 2
+            row, proposed, method, lr = choice
+            mask, empty = evaluator.effective_mask(method, proposed)
+            step = int(float(row["step"]))
+            search_report.update(
+                {
+                    "mask": str(mask),
+                    "mask_bits": mask.bitstring,
+                    "mask_units": list(mask.selected),
+                    "method": method,
+                    "lr": float(row["lr"]) if row.get("lr") not in (None, "") else None,
+                    "reward": float(row["reward"]),
+                    "step": step,
+                    "warm_start": any(t["step"] == step for t in warm["trials"]),  # the best trial was one of the policy's proposals
+                }
+            )
 
     # stage 2: the whole dataset, no forced duplication (unless asked)
-    ecfg = env_cfg.eval_config()
     ecfg = replace(ecfg, finetune=replace(ecfg.finetune, data_size_ratio=1.0, n_repeats=n_repeats))
     ecfg = ecfg.with_method(method, lr, env_cfg.seed)
     saved: dict = {}
@@ -122,7 +217,7 @@ def replay(policy: str | Path, dataset: str, out: str | Path, pretrained: str | 
     report = {
         "dataset": data.name,
         "policy": str(policy),
-        "search_evaluations": 0,
+        "search_evaluations": spent,
         "mask": str(mask),
         "mask_units": list(mask.selected),
         "mask_bits": mask.bitstring,
@@ -133,13 +228,34 @@ def replay(policy: str | Path, dataset: str, out: str | Path, pretrained: str | 
         "stage2": {"data_size_ratio": 1.0, "n_repeats": n_repeats, "steps": ecfg.finetune.steps, "n_mem_probe": ecfg.finetune.n_mem},
         "descriptor": desc.tolist(),
         "metrics": result,
-        "full_finetune": {k: ref[k] for k in REFERENCE_KEYS},
+        "full_finetune": {k_: ref[k_] for k_ in REFERENCE_KEYS},
         "vs_full": {
             "fid_ratio": result["fid"] / max(ref["fid"], 1e-9),
             "nn_own_rate_ratio": result["nn_own_rate"] / max(ref["nn_own_rate"], 1e-9),
             "trainable_fraction": result["trainable_fraction"],
         },
         "saved": saved,
+        "zero_shot": zero_shot,
+        "search": search_report,
     }
     write_json_atomic(out / "report.json", report)
     return report
+
+
+def _best_search_proposal(run: Path, cfg, evaluator):  # noqa: ANN001, ANN202
+    """The refinement's best evaluation by reward (``None`` when none succeeded): ``(row, proposed
+    mask, method, lr)``, the learning rate decoded exactly as the search proposed it (``None``: the
+    method's default)."""
+    from memrl.evaluation.space import decode_action
+    from memrl.peft_masking import Mask
+    from memrl.reporting.records import EvaluationLog
+    from memrl.search.run import encode_proposal
+
+    row = EvaluationLog(run / "evaluations.csv").best()
+    if row is None:
+        return None
+    env = cfg.env
+    lr = float(row["lr"]) if env.lr_scales else None
+    action = encode_proposal((row["proposed_mask_bits"], row["method"], lr), evaluator.units, env, cfg.methods(), "the search's best trial")
+    bits, method, lr = decode_action(action, len(evaluator.units), env.method, env.methods, env.lr_scales)
+    return row, Mask.from_bits([int(b) for b in bits], evaluator.units), method, lr

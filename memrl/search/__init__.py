@@ -1,7 +1,8 @@
 """Black-box search baselines over the same evaluation as the agent: ``memrl search``.
 
-Beside :mod:`memrl.agents` (both are outer loops over :mod:`memrl.evaluation`; neither imports
-the other): Optuna's samplers propose masks, the evaluation (any
+Below :mod:`memrl.agents` (both are outer loops over :mod:`memrl.evaluation`; the agents use search
+for few-shot refinement, ``memrl replay --budget``, and search never imports the agents: a trained
+policy's warm start is read through :mod:`memrl.envs.policy`): Optuna's samplers propose masks, the evaluation (any
 :class:`memrl.evaluation.protocol.MaskEvaluator`: the real one, or a lookup table) answers, and the
 run writes the same records as ``memrl train``.
 

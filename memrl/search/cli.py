@@ -15,6 +15,8 @@ FLAG_KEYS = (
     ("--seed", "seed", "search.seed"),
     ("--storage", "storage", "search.storage"),
     ("--lookup", "lookup", "search.lookup"),
+    ("--warm-start", "warm_start", "search.warm_start"),
+    ("--warm-start-k", "warm_start_k", "search.warm_start_k"),
     ("--pretrained", "pretrained", "env.pretrained"),
     ("--preset", "preset", "env.preset"),
     ("--method", "method", "env.method"),
@@ -33,7 +35,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "(exhaustive), and evaluate each exactly as a memrl train step does (same evaluation, cache and reward). Writes "
         "RUN/evaluations.csv, pareto.csv, best_mask.json (the columns and files of memrl train), best.json (the summary), "
         "config.yaml, evaluations.sqlite (cache), table.jsonl (the evaluations as a lookup table), the Optuna study "
-        "(RUN/optuna.db: optuna-dashboard sqlite:///RUN/optuna.db) and TensorBoard logs in RUN/tb/.",
+        "(RUN/optuna.db: optuna-dashboard sqlite:///RUN/optuna.db) and TensorBoard logs in RUN/tb/. --warm-start POLICY "
+        "makes a trained policy's top proposals the first trials (few-shot refinement of the policy's mask).",
     )
     p.add_argument("--optimizer", default=None, metavar="NAME", help="; ".join(f"{o.name}: {o.help}" for o in OPTIMIZERS.values()) + " (default tpe)")
     p.add_argument("--budget", type=int, default=None, help=f"trials (= evaluations, cache hits included); default {DEFAULT_BUDGET}, or every mask for exhaustive (never more); with --resume it extends the run")
@@ -44,6 +47,16 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=None, help="the sampler's seed (default 0); the evaluations are seeded by env.seed, as the agent's steps are")
     p.add_argument("--storage", default=None, help="Optuna storage URL for the study (default sqlite:///RUN/optuna.db); any URL Optuna accepts (sqlite, postgresql, mysql, ...)")
     p.add_argument("--lookup", default=None, metavar="DIR", help="answer from a lookup table (a search run's folder with table.jsonl) instead of fine-tuning the model")
+    p.add_argument(
+        "--warm-start",
+        default=None,
+        metavar="POLICY",
+        help="RUN/policy.zip of memrl train (config.yaml and descriptor.json beside it): the policy's most probable proposals on "
+        "the dataset (distinct in what they train, its own deterministic mask first) are the first trials, then the optimizer "
+        "takes over; tpe, random and nsga2 only. Checked against the model's units before the run folder is written; "
+        "enqueued once (--resume does not enqueue again); like --set search.warm_start=POLICY",
+    )
+    p.add_argument("--warm-start-k", type=int, default=None, metavar="K", help="how many of the --warm-start policy's proposals to enqueue (default 4; at most the budget); like --set search.warm_start_k=K")
     p.add_argument("--pretrained", "--model", dest="pretrained", default=None, help="override env.pretrained (the base model folder); --model is an alias")
     p.add_argument("--preset", default=None, help="override env.preset, the evaluation budget: default, search (the agent's) or quick")
     p.add_argument("--method", default=None, help="override env.method: the one PEFT method searched with (lora, difffit, ...)")
@@ -72,6 +85,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         get_optimizer(args.optimizer)  # one line listing the valid names
     if args.budget is not None and args.budget < 1:
         raise MemrlError(f"--budget must be >= 1, got {args.budget}")
+    if args.warm_start_k is not None and args.warm_start_k < 1:
+        raise MemrlError(f"--warm-start-k must be >= 1, got {args.warm_start_k}")
     if args.device == "auto":
         import torch
 
@@ -96,6 +111,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
                 change["env.methods"] = []  # one method: no method dimension in the proposals
             cfg = apply_sets(cfg, nest(change, drop_none=False), source=flag)
         cfg.dataset()  # one dataset, named or implied
+        if args.warm_start_k is not None and not cfg.search.warm_start:
+            raise MemrlError("--warm-start-k needs --warm-start POLICY (or search.warm_start in the config): the proposals come from a trained policy")
     from memrl.search.run import search
 
     echo = (lambda _s: None) if args.json else print
@@ -135,6 +152,8 @@ def _resume_budget(args: argparse.Namespace, flat: dict) -> int | None:
         if value is None or key == "search.budget":
             continue
         section, name = key.split(".")
+        if key == "search.warm_start" and saved[section].get(name) and Path(value).expanduser().resolve() == Path(saved[section][name]).expanduser().resolve():
+            continue  # the same policy file, spelled another way
         if saved[section].get(name) != value:
             diffs.append(f"{flag} is {value!r} but {key} is {saved[section].get(name)!r} in the run")
     if diffs:

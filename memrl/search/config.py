@@ -16,6 +16,8 @@ method(s), learning-rate scales, preset, overrides, reward and evaluation seed. 
       budget: 32
       dataset: inverted
       seed: 0
+      warm_start: runs/agent/policy.zip   # optional: the policy's top proposals are the first trials
+      warm_start_k: 4
 """
 
 from __future__ import annotations
@@ -53,6 +55,13 @@ class SearchSettings:
     final_pictures: bool = True
     #: Trials between the TensorBoard figures (bit frequency, Pareto scatter).
     figures_every: int = 8
+    #: A trained policy (``RUN/policy.zip`` of ``memrl train``, its run folder beside it): its
+    #: ``warm_start_k`` most probable proposals on the dataset, distinct in what they train, are
+    #: enqueued as the first trials (:class:`memrl.envs.policy.TrainedPolicy`). Enqueued once, when
+    #: the run starts (``--resume`` does not enqueue again). Not with ``exhaustive``.
+    warm_start: str | None = None
+    #: How many of the policy's proposals ``warm_start`` enqueues (at most the budget).
+    warm_start_k: int = 4
 
     def __post_init__(self) -> None:
         where = "search config"
@@ -63,6 +72,16 @@ class SearchSettings:
             raise ConfigError(where, f"'budget' must be >= 1, got {self.budget}")
         if self.figures_every < 1:
             raise ConfigError(where, f"'figures_every' must be >= 1, got {self.figures_every}")
+        if self.warm_start_k < 1:
+            raise ConfigError(where, f"'warm_start_k' must be >= 1, got {self.warm_start_k}")
+        if self.warm_start is not None and not self.warm_start.strip():
+            raise ConfigError(where, "'warm_start' is empty; give the path of a policy.zip written by memrl train (or leave it out)")
+        if self.warm_start is not None and not OPTIMIZERS[self.optimizer].warm_start:
+            able = ", ".join(o.name for o in OPTIMIZERS.values() if o.warm_start)
+            raise ConfigError(
+                where,
+                f"'warm_start' ({self.warm_start}) needs an optimizer that takes enqueued trials ({able}): {self.optimizer} visits every mask once in a fixed order",
+            )
 
 
 @dataclass

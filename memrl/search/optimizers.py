@@ -10,6 +10,10 @@
   :func:`memrl.evaluation.space.action_at` (trial ``k`` is action ``k``); its budget defaults to
   the size of the space (``2 ** n_units`` masks for one method) and never exceeds it.
 
+``--warm-start`` (a trained policy's top proposals enqueued as the first trials) works with every
+Optuna sampler above (an enqueued trial is a fixed point the sampler then learns from); not with
+``exhaustive``, whose trial ``k`` is action ``k``.
+
 A failed evaluation is a ``FAIL`` trial: the samplers learn nothing from it, and the run's record
 gives it the environment's failure reward.
 """
@@ -43,6 +47,7 @@ class Optimizer:
     multi_objective: bool
     help: str
     stateful: bool = True
+    warm_start: bool = True
 
     def directions(self) -> list[str]:
         """``minimize`` FID and MEM (multi-objective), else ``maximize`` the reward."""
@@ -100,7 +105,7 @@ OPTIMIZERS: dict[str, Optimizer] = {
         Optimizer("tpe", _tpe, False, "Optuna's TPE sampler, maximising the reward"),
         Optimizer("nsga2", _nsga2, True, "Optuna's NSGA-II on FID and the memorization metric (both minimised); best point by the reward"),
         Optimizer("random", _random, False, "uniformly random proposals (Optuna's RandomSampler)"),
-        Optimizer("exhaustive", _exhaustive, False, "every mask once, in order (budget: the whole space)", stateful=False),
+        Optimizer("exhaustive", _exhaustive, False, "every mask once, in order (budget: the whole space)", stateful=False, warm_start=False),
     )
 }
 

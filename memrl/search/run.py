@@ -5,6 +5,9 @@
    or any ``--storage`` URL: one study named after the dataset).
 2. Build the evaluator (the real one on ``env.pretrained``, or ``--lookup DIR``'s table) and load
    the dataset.
+   With a warm start (``search.warm_start``: a trained policy, or ``proposals=`` given to
+   :func:`search`) the proposals are checked against the evaluator's units and the search space
+   here too, and enqueued as the study's first trials once it exists.
 3. For each trial: ask the sampler -> decode its parameters into a proposal with the encoding the
    environment uses (:mod:`memrl.evaluation.space`) -> evaluate it exactly as an environment step
    does (:func:`memrl.evaluation.protocol.evaluate_proposal`) -> record it -> tell the study.
@@ -21,15 +24,29 @@ A failed evaluation is a ``FAIL`` trial and a row with the environment's failure
 (:class:`MemrlError`) stops the run. ``--resume`` continues an interrupted run: finished trials stay
 as they are, an interrupted one is evaluated again (the cache answers when it had finished), and
 the pickled sampler (``search_state.pkl``, saved after every ask) continues the same sequence.
+
+Warm start. ``memrl search --warm-start RUN/policy.zip`` enqueues the policy's ``warm_start_k`` most
+probable proposals on the dataset (:meth:`memrl.envs.policy.TrainedPolicy.ranked`: distinct in what
+they train, its deterministic proposal first) as trials 1..k, before the sampler proposes anything;
+:func:`search` also takes the proposals directly (``proposals=[(bits, method, lr), ...]``), e.g. for a
+benchmark on a lookup table without a policy file. They are enqueued once, when the run starts (a
+resumed run does not enqueue them again; one interrupted before they were all asked still asks the
+rest). Each such trial carries the user attribute ``warm_start`` (its rank among the proposals), and
+the summary (``best.json``) lists them under ``warm_start`` and says whether the best trial was one.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import warnings
 from pathlib import Path
+from typing import Any, Sequence
 
+import numpy as np
+
+from memrl.envs.config import EnvConfig
 from memrl.errors import MemrlError
 from memrl.evaluation.protocol import MaskEvaluator, evaluate_proposal
 from memrl.evaluation.space import action_at, action_dims, action_to_params, decode_action, n_actions, params_to_action, trial_space
@@ -37,10 +54,12 @@ from memrl.reporting.board import EvaluationBoard
 from memrl.reporting.optuna_store import default_storage
 from memrl.reporting.records import EvaluationLog, info_to_row, write_best, write_pareto
 from memrl.search.config import SearchConfig
-from memrl.search.optimizers import Optimizer, get_optimizer
+from memrl.search.optimizers import OPTIMIZERS, Optimizer, get_optimizer
 from memrl.utils.io import write_json_atomic
 
 STATE_FILE = "search_state.pkl"
+#: The user attribute that marks an enqueued warm-start trial (its rank among the proposals).
+WARM_START_ATTR = "warm_start"
 
 
 # ---------------------------------------------------------------------------------------- setup
@@ -133,12 +152,105 @@ def _load_state(run: Path) -> dict:
         return {}
 
 
+# ---------------------------------------------------------------------------------------- warm start
+def encode_proposal(proposal: Any, units: Sequence[str], env: EnvConfig, methods: Sequence[str], where: str = "proposal") -> list[int]:
+    """A proposal -> the action that encodes it in the search's space (:mod:`memrl.evaluation.space`).
+
+    ``proposal``: a :class:`memrl.envs.policy.Proposal` or a tuple ``(bits, method, lr)``: ``bits``
+    a bitstring, a sequence of 0/1 over ``units`` or a :class:`~memrl.peft_masking.Mask`;
+    ``method`` one the search proposes; ``lr`` ``None`` (the method's default, the search having no
+    ``lr_scales``) or one of the learning rates its ``lr_scales`` give. :class:`MemrlError` for
+    anything the search could not propose itself.
+    """
+    if hasattr(proposal, "bits") and hasattr(proposal, "method"):
+        bits, method, lr = proposal.bits, proposal.method, getattr(proposal, "lr", None)
+    else:
+        try:
+            bits, method, lr = proposal
+        except (TypeError, ValueError):
+            raise MemrlError(f"{where} {proposal!r} is not (mask bits, method, lr)") from None
+    if hasattr(bits, "bitstring"):  # a Mask
+        bits = bits.bitstring
+    if isinstance(bits, str):
+        if set(bits) - {"0", "1"}:
+            raise MemrlError(f"{where}: mask bits {bits!r} are not a bitstring of 0 and 1")
+        bits = [int(b) for b in bits]
+    bits = [int(b) for b in np.asarray(bits).reshape(-1)]
+    if len(bits) != len(units) or any(b not in (0, 1) for b in bits):
+        raise MemrlError(f"{where}: mask bits {''.join(map(str, bits))} must be {len(units)} bits of 0 and 1, one per unit ({', '.join(units)})")
+    if method not in methods:
+        raise MemrlError(f"{where} uses method {method!r}; this search proposes {', '.join(methods)} (set env.method / env.methods as the policy was trained)")
+    head = bits + ([list(env.methods).index(method)] if len(env.methods) > 1 else [])
+    options = [head + [i] for i in range(len(env.lr_scales))] if len(env.lr_scales) > 1 else [head]
+    for action in options:
+        _, _, got = decode_action(action, len(units), env.method, env.methods, env.lr_scales)
+        if (got is None and lr is None) or (got is not None and lr is not None and math.isclose(float(lr), got, rel_tol=1e-9)):
+            return action
+    have = [decode_action(a, len(units), env.method, env.methods, env.lr_scales)[2] for a in options]
+    raise MemrlError(
+        f"{where} uses learning rate {lr} with {method}; this search proposes {', '.join('the default (None)' if h is None else f'{h:g}' for h in have)} "
+        f"(env.lr_scales {list(env.lr_scales)}; set them as the policy was trained)"
+    )
+
+
+def warm_start_trials(cfg: SearchConfig, ev: MaskEvaluator, data, optimizer: Optimizer, total: int, proposals: Sequence | None = None) -> list[tuple[dict, dict]]:  # noqa: ANN001
+    """The trials a new run enqueues first: ``(params, user_attrs)`` for each of the first ``total``
+    proposals (``proposals``, else the ranked proposals of the policy ``cfg.search.warm_start``),
+    every one checked against the evaluator's units and the search space. Writes nothing."""
+    if proposals is not None and cfg.search.warm_start:
+        raise MemrlError(f"give a warm start once: search.warm_start ({cfg.search.warm_start}) or proposals, not both")
+    if proposals is None and not cfg.search.warm_start:
+        return []
+    if not optimizer.warm_start:
+        able = ", ".join(o.name for o in OPTIMIZERS.values() if o.warm_start)
+        raise MemrlError(f"a warm start needs an optimizer that takes enqueued trials ({able}): {optimizer.name} visits every mask once in a fixed order")
+    env, units = cfg.env, list(ev.units)
+    if proposals is None:
+        from memrl.envs.policy import TrainedPolicy
+
+        source = str(cfg.search.warm_start)
+        policy = TrainedPolicy.load(source)
+        policy.check_fits(ev)
+        proposals = policy.ranked(ev, policy.describe(ev, data), k=cfg.search.warm_start_k)
+        where = f"--warm-start {source}: the policy's proposal"
+    else:
+        source = "proposals"
+        where = "warm-start proposal"
+    out = []
+    for i, item in enumerate(list(proposals)[:total]):
+        action = encode_proposal(item, units, env, cfg.methods(), f"{where} {i + 1}")
+        attrs: dict = {WARM_START_ATTR: i, "warm_start_source": source}
+        if getattr(item, "log_prob", None) is not None:
+            attrs["warm_start_log_prob"] = float(item.log_prob)
+        out.append((action_to_params(action, units, env.methods, env.lr_scales), attrs))
+    return out
+
+
+def warm_start_summary(study, best_row: dict | None) -> dict | None:  # noqa: ANN001
+    """The run's warm-start trials (``None`` without any): their steps, proposals and rewards,
+    and whether the best trial (by the reward) was one of them."""
+    from optuna.trial import TrialState
+
+    trials = [t for t in study.get_trials(deepcopy=False) if WARM_START_ATTR in t.user_attrs and t.state != TrialState.WAITING]
+    if not trials:
+        return None
+    rows = []
+    for t in sorted(trials, key=lambda t: t.number):
+        a = t.user_attrs
+        rows.append({"step": t.number + 1, "rank": a[WARM_START_ATTR], "mask_bits": a.get("mask_bits"), "method": a.get("method"), "lr": a.get("lr"), "log_prob": a.get("warm_start_log_prob"), "reward": a.get("reward")})
+    best_step = _step(best_row) if best_row is not None else None
+    return {"source": trials[0].user_attrs.get("warm_start_source"), "trials": rows, "best_is_warm_start": any(r["step"] == best_step for r in rows)}
+
+
 # ---------------------------------------------------------------------------------------- the loop
-def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, progress: bool = True, echo=print, budget: int | None = None, evaluator: MaskEvaluator | None = None) -> dict:  # noqa: ANN001, C901
+def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, progress: bool = True, echo=print, budget: int | None = None, evaluator: MaskEvaluator | None = None, proposals: Sequence | None = None) -> dict:  # noqa: ANN001, C901
     """Run (or, with ``resume``, continue) ``memrl search``; returns the summary it prints (also ``RUN/best.json``).
 
     ``budget`` overrides ``cfg.search.budget`` (with ``resume``: extends the saved run).
     ``evaluator``: any :class:`MaskEvaluator` to evaluate with instead of the one the config names.
+    ``proposals``: a warm start without a policy file: ``(bits, method, lr)`` tuples (or
+    :class:`memrl.envs.policy.Proposal`) enqueued in order as the first trials (at most the budget),
+    instead of ``cfg.search.warm_start``; ignored with ``resume`` (they were enqueued when the run started).
     """
     from optuna.trial import Trial, TrialState
     from torch.utils.tensorboard import SummaryWriter
@@ -170,6 +282,8 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
     def params_at(k: int) -> dict:
         return action_to_params(action_at(k, dims), units, env.methods, env.lr_scales)
 
+    warm = [] if resume else warm_start_trials(cfg, ev, data, optimizer, total, proposals)
+
     state = _load_state(run) if resume else {}
     sampler = state.get("sampler") or optimizer.make(cfg.search.seed, params_at, total)
     if not resume:
@@ -181,6 +295,8 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
             if created and not any(run.iterdir()):
                 run.rmdir()  # nothing half-written
             raise
+        for params, attrs in warm:  # the warm start: the first trials, enqueued once
+            study.enqueue_trial(params, user_attrs=attrs)
         if env.cache is None and evaluator is None and not cfg.search.lookup:
             env.cache = str(run / "evaluations.sqlite")
         cfg.save(run / "config.yaml")
@@ -194,6 +310,7 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
     study.set_user_attr("optimizer", optimizer.name)
 
     # the record: trials that finished keep their rows; an interrupted one is evaluated again
+    active = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED, TrialState.RUNNING)  # not WAITING (enqueued, not yet asked)
     trials = study.get_trials(deepcopy=False)
     finished = {t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
     pending = [t for t in trials if t.state == TrialState.RUNNING]
@@ -245,7 +362,7 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
             bar.update(1)
             continue
         evaluate_trial(trial)
-    while len(study.get_trials(deepcopy=False)) < total:
+    while len(study.get_trials(deepcopy=False, states=active)) < total:
         trial = study.ask(space)
         _save_state(run, study.sampler, board.history, optimizer)
         evaluate_trial(trial)
@@ -254,7 +371,7 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
     # 4. results
     ok = log.ok_rows()
     front = write_pareto(run / "pareto.csv", ok, mem_metric) if ok else []
-    n_done = len(study.get_trials(deepcopy=False))
+    n_done = len(study.get_trials(deepcopy=False, states=active))
     board.figures(n_done, ok, front)
     best = write_best(run / "best_mask.json", log, units)
     if _is_real(ev):
@@ -265,7 +382,7 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
         if ev.cache is not None:
             export_lookup_table(ev, run / "table.jsonl", methods)
     writer.close()
-    states = [t.state for t in study.get_trials(deepcopy=False)]
+    states = [t.state for t in study.get_trials(deepcopy=False, states=active)]
     summary = {
         "run": str(run),
         "optimizer": optimizer.name,
@@ -282,6 +399,7 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
         "storage": cfg.search.storage or default_storage(run),
         "study": study.study_name,
         "best": best,
+        "warm_start": warm_start_summary(study, log.best()),
     }
     write_json_atomic(run / "best.json", summary)
     echo(format_summary(summary))
@@ -314,5 +432,9 @@ def format_summary(s: dict) -> str:
         lines.append(f"best (by reward): {b['method']} units [{', '.join(b['mask_units']) or 'none'}] reward {mt['reward']:.3f} FID {mt['fid']:.2f} nn_own_rate {mt.get('nn_own_rate')}")
     else:
         lines.append("best: none (no evaluation succeeded)")
+    w = s.get("warm_start")
+    if w:
+        steps = ", ".join(str(r["step"]) for r in w["trials"])
+        lines.append(f"warm start ({w['source']}): trial(s) {steps} were its proposals; the best trial {'was' if w['best_is_warm_start'] else 'was not'} one of them")
     lines.append(f"optuna-dashboard {s['storage']}  (study {s['study']!r})")
     return "\n".join(lines)

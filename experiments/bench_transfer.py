@@ -1,0 +1,438 @@
+"""Does the learned policy beat search? Zero-shot and few-shot on datasets with ground truth.
+
+    python experiments/bench_transfer.py --policies runs/amortised-s0 runs/amortised-s1 runs/amortised-s2 \\
+        [--tables experiments/results/exhaustive] [--datasets family:80 ...] [--seeds 10] [--budget 32] \\
+        [--warm-k 4] [--config experiments/exhaustive.yaml] [--out-dir experiments/results] [--markdown FILE] [--fresh]
+
+Each policy is a ``memrl train`` run folder (or its ``policy.zip``), trained on other datasets
+(the family's training members); the datasets here are ones it never saw (by default every
+*test* member of the family whose table under ``--tables`` holds every mask). Every evaluation is
+answered from the tables (nothing is fine-tuned), so each row below costs no GPU or CPU hours.
+Cost is counted in *distinct masks evaluated*.
+
+Per dataset, with the table of the evaluation seed (``env.seed`` of ``--config``) as ground truth:
+
+* **zero-shot**: the policy's deterministic mask for the dataset's descriptor (``memrl replay``
+  without ``--budget``): its regret (``r_max - r``) and rank percentile (rank / masks; the optimum
+  is 1/128), per policy seed, and their median;
+* **best fixed mask**: the single mask with the best mean reward over the *training* members'
+  tables (what a user without a policy would pick from the same data): regret and rank;
+* **random**: a uniformly random mask's expected regret and rank percentile;
+* **TPE@k** (k = 4, 8, 16): Optuna's TPE from scratch on the dataset, its best after ``k`` distinct
+  evaluations (median regret over ``--seeds`` sampler seeds);
+* **few-shot** curves (best-so-far against distinct evaluations, ``--budget`` trials): TPE from
+  scratch (``tpe``); TPE whose first ``--warm-k`` trials are the policy's most probable proposals
+  (``tpe+policy``: ``memrl search --warm-start``, ``memrl replay --budget``), over every policy
+  seed and sampler seed; TPE whose first trials are the ``--warm-k`` best fixed masks
+  (``tpe+fixed``: the fair control for a warm start); and uniform random search. "Within 2%" is a
+  normalised score ``(r - r_min) / (r_max - r_min) >= 0.98``; the table gives the median number of
+  distinct evaluations to get there (">" where more than half the runs did not within the budget).
+
+Where a second seed's table exists for a dataset (``env.seed + 1``), the zero-shot masks and TPE's
+picks are also scored on it: a reward on a seed the picker never saw (TPE picked its best by the
+first seed's numbers, so its regret there flatters it).
+
+**Cost**: the real evaluations each policy's training spent (distinct dataset-mask pairs in its
+``evaluations.csv``), the evaluations TPE needs per new dataset to come within 2%, and how many
+new datasets it takes before training has paid for itself (when the policy saves any).
+
+The markdown goes to stdout (and ``--markdown``); the plot to ``OUT_DIR/bench_transfer.png``; every
+run's proposals to ``OUT_DIR/bench_transfer.json`` (reused by a rerun with the same tables,
+policies and settings unless ``--fresh``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS_NAME = "bench_transfer"
+TPE_AT = (4, 8, 16)
+FEW_SHOT = ("tpe", "tpe+policy", "tpe+fixed", "random")
+COLORS = {"tpe": "tab:blue", "tpe+policy": "tab:red", "tpe+fixed": "tab:green", "random": "tab:gray"}
+STYLES = {"tpe": "--", "tpe+policy": "-", "tpe+fixed": "-.", "random": ":"}
+
+
+def _bench_search():  # noqa: ANN202
+    """experiments/bench_search.py (its ground truth, search runs and traces are reused here)."""
+    spec = importlib.util.spec_from_file_location("bench_search", HERE / "bench_search.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+BS = _bench_search()
+WITHIN = BS.WITHIN
+
+
+# ---------------------------------------------------------------------------------------- setup
+def policy_path(p: str | Path) -> Path:
+    p = Path(p)
+    return p / "policy.zip" if p.is_dir() else p
+
+
+def training_cost(policy_zip: Path) -> int:
+    """Distinct (dataset, mask, method, lr) the policy's training evaluated: what it cost in real evaluations."""
+    from memrl.reporting.records import EvaluationLog, is_true
+
+    log = policy_zip.parent / "evaluations.csv"
+    if not log.is_file():
+        return 0
+    rows = EvaluationLog.read(log)
+    return len({(r["dataset"], r["mask_bits"], r.get("method"), r.get("lr")) for r in rows if not is_true(r.get("imagined"))})
+
+
+def best_fixed(truths: dict[str, dict]) -> list[tuple[str, float]]:
+    """Masks by their mean reward over ``truths`` (the training members' tables), best first."""
+    common = set.intersection(*(set(t["rewards"]) for t in truths.values()))
+    means = {m: float(np.mean([t["rewards"][m] for t in truths.values()])) for m in common}
+    return sorted(means.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def rank_of(truth: dict, reward: float) -> int:
+    return 1 + sum(1 for r in truth["rewards"].values() if r > reward)
+
+
+def split_of(dataset: str) -> str:
+    if dataset.startswith("family:"):
+        from memrl.data.family import split_of as family_split
+
+        return family_split(int(dataset.split(":", 1)[1]))
+    return "built-in"
+
+
+# ---------------------------------------------------------------------------------------- runs
+def run_tpe(env, tables: Path, dataset: str, seed: int, budget: int, proposals=None, optimizer: str = "tpe") -> list[dict]:  # noqa: ANN001
+    """One ``memrl search --lookup`` run (TPE, or random), optionally warm-started with ``proposals``."""
+    from memrl.envs.config import EnvConfig
+    from memrl.search.config import SearchConfig, SearchSettings
+    from memrl.search.run import search
+
+    e = EnvConfig.from_dict({**env.to_dict(), "datasets": [dataset], "cache": None})
+    settings = SearchSettings(optimizer=optimizer, budget=budget, dataset=dataset, seed=seed, lookup=str(tables), final_pictures=False, figures_every=budget)
+    with tempfile.TemporaryDirectory(prefix="bench_transfer_") as tmp, contextlib.redirect_stdout(io.StringIO()):
+        folder = Path(tmp) / "run"
+        search(SearchConfig(env=e, search=settings), folder, progress=False, echo=lambda _s: None, proposals=proposals)
+        return BS._rows(folder)
+
+
+def tpe_pick(rows: list[dict], k: int) -> str | None:
+    """The mask TPE would pick after ``k`` distinct evaluations: the best reward among them."""
+    seen: dict[str, float] = {}
+    for r in rows:
+        if r["mask_bits"] not in seen:
+            if len(seen) == k:
+                break
+            seen[r["mask_bits"]] = r["reward"]
+    return max(seen, key=seen.get) if seen else None
+
+
+# ---------------------------------------------------------------------------------------- report
+def _fmt(v: float | None, digits: int = 3) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
+
+
+def hits_median(traces: list[dict], budget: int) -> str:
+    q = BS.quantiles([t["hit"] for t in traces], budget)
+    return f"{BS._fmt_q(q[1], budget)} [{BS._fmt_q(q[0], budget)}, {BS._fmt_q(q[2], budget)}]"
+
+
+def plot(panels: list[tuple[str, dict[str, list[dict]], dict]], budget: int, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False, sharey=True)
+    x = np.arange(1, budget + 1)
+    for ax, (title, by_method, marks) in zip(axes[0], panels):
+        for name, traces in by_method.items():
+            y = np.asarray([t["norm"] for t in traces])
+            lo, med, hi = np.percentile(y, [25, 50, 75], axis=0)
+            ax.plot(x, med, label=name, color=COLORS.get(name), ls=STYLES.get(name, "-"), lw=1.8)
+            ax.fill_between(x, lo, hi, color=COLORS.get(name), alpha=0.15, lw=0)
+        for label, (score, color, marker) in marks.items():
+            if score is not None:
+                ax.scatter([1], [score], color=color, marker=marker, s=60, zorder=5, label=label)
+        ax.axhline(WITHIN, color="black", lw=0.6, alpha=0.6)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("distinct masks evaluated")
+        ax.set_xlim(0.5, budget)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("best-so-far reward, normalised\n(1 = table optimum; median, IQR band)")
+    axes[0][0].legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _signature(obj: object) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:  # noqa: C901
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policies", nargs="+", required=True, help="memrl train run folders (or their policy.zip), one per agent seed")
+    ap.add_argument("--tables", default="experiments/results/exhaustive", help="folder of lookup tables (*.jsonl)")
+    ap.add_argument("--datasets", nargs="+", default=None, help="datasets to test on (default: every test member of the family with a complete table)")
+    ap.add_argument("--train-datasets", nargs="+", default=None, help="datasets whose tables give the best fixed mask (default: every training member with a complete table)")
+    ap.add_argument("--seeds", type=int, default=10, help="sampler seeds 0..N-1 per few-shot method, dataset (and policy)")
+    ap.add_argument("--budget", type=int, default=32, help="trials per few-shot run")
+    ap.add_argument("--warm-k", type=int, default=4, help="warm-start proposals (the policy's most probable / the best fixed masks)")
+    ap.add_argument("--config", default="experiments/exhaustive.yaml", help="the env the tables were made with (method, granularity, preset, reward, evaluation seed)")
+    ap.add_argument("--out-dir", default="experiments/results", help="where bench_transfer.png and bench_transfer.json go")
+    ap.add_argument("--markdown", default=None, help="also write the markdown to this file")
+    ap.add_argument("--fresh", action="store_true", help="run everything again (default: reuse runs in OUT_DIR/bench_transfer.json with the same key)")
+    args = ap.parse_args(argv)
+
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.policy import TrainedPolicy
+    from memrl.errors import MemrlError
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    if args.seeds < 1 or args.budget < max(TPE_AT) or args.warm_k < 1:
+        print(f"error: --seeds and --warm-k must be >= 1 and --budget >= {max(TPE_AT)}", file=sys.stderr)
+        return 2
+    tables = Path(args.tables)
+    if not tables.is_dir() or not any(tables.rglob("*.jsonl")):
+        print(f"error: no lookup tables (*.jsonl) under {tables}", file=sys.stderr)
+        return 2
+    try:
+        env = BS.load_env(args.config)
+        policies = [TrainedPolicy.load(policy_path(p)) for p in args.policies]
+        ev = LookupEvaluator.from_dir(tables)
+        if ev.feature_net is None:
+            for fn in [Path(env.pretrained) / "feature_net"] + [Path(p.env.pretrained) / "feature_net" for p in policies]:
+                if fn.is_dir():
+                    ev.set_feature_net(fn)
+                    break
+        ev.require_feature_net()
+        for p in policies:
+            p.check_fits(ev)
+        names = BS.table_datasets(tables)
+        test_names = args.datasets or [d for d in names if split_of(d) == "test"]
+        train_names = args.train_datasets or [d for d in names if split_of(d) == "train"]
+        truths, truths2, train_truths = {}, {}, {}
+        env2 = env.with_(seed=env.seed + 1)
+        for d in test_names:
+            t = BS.ground_truth(ev, env, d)
+            if t is None:
+                if args.datasets:
+                    raise MemrlError(f"{d}: the tables under {tables} do not hold every mask for {args.config}'s env (seed {env.seed})")
+                continue
+            truths[d] = t
+            t2 = BS.ground_truth(ev, env2, d)
+            if t2 is not None:
+                truths2[d] = t2
+        for d in train_names:
+            t = BS.ground_truth(ev, env, d)
+            if t is not None:
+                train_truths[d] = t
+    except MemrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not truths:
+        print(f"error: no test dataset has a complete table under {tables}: tables pending", file=sys.stderr)
+        return 2
+    trained_on = sorted({d for p in policies for d in p.env.datasets})
+    leaked = sorted(set(truths) & set(trained_on))
+    if leaked:
+        print(f"error: the policies were trained on {', '.join(leaked)}: test on datasets they never saw", file=sys.stderr)
+        return 2
+
+    fixed = best_fixed(train_truths) if train_truths else []
+    fixed_top = [m for m, _ in fixed[: args.warm_k]]
+    n_units = len(ev.units)
+    method = env.method
+
+    out_dir = Path(args.out_dir)
+    raw_path = out_dir / f"{RESULTS_NAME}.json"
+    old: dict[str, dict] = {}
+    if raw_path.is_file() and not args.fresh:
+        old = {r["key"]: r for r in json.loads(raw_path.read_text()).get("runs", [])}
+    runs: list[dict] = []
+    cfg_sig = _signature({"env": {k: v for k, v in env.to_dict().items() if k not in ("cache", "datasets", "device")}, "budget": args.budget, "warm_k": args.warm_k})
+
+    def cached(key: str, make) -> list[dict]:  # noqa: ANN001
+        rows = old[key]["rows"] if key in old else None
+        if rows is None:
+            t1 = time.time()
+            rows = make()
+            print(f"{key}: {len({r['mask_bits'] for r in rows})} distinct masks, best {max(r['reward'] for r in rows):.3f} ({time.time() - t1:.1f} s)", file=sys.stderr, flush=True)
+        runs.append({"key": key, "rows": rows})
+        return rows
+
+    t0 = time.time()
+    per: dict[str, dict] = {}
+    for d, truth in truths.items():
+        data = load_dataset(d, ev.image_size, ev.image_channels)
+        sig = f"table{truth['signature']}|cfg{cfg_sig}"
+        res: dict = {"zero_shot": [], "traces": {m: [] for m in FEW_SHOT}, "tpe_at": {k: [] for k in TPE_AT}, "tpe_at_seed2": {k: [] for k in TPE_AT}}
+        # zero-shot, per policy
+        proposals = []
+        for p in policies:
+            desc = p.describe(ev, data)
+            ranked = p.ranked(ev, desc, k=args.warm_k)
+            proposals.append(ranked)
+            bits = ranked[0].mask.bitstring
+            r = truth["rewards"][bits]
+            z = {"policy": str(p.path), "mask_bits": bits, "reward": r, "regret": truth["r_max"] - r, "rank": rank_of(truth, r)}
+            if d in truths2:
+                t2 = truths2[d]
+                z["regret_seed2"] = t2["r_max"] - t2["rewards"][bits]
+                z["rank_seed2"] = rank_of(t2, t2["rewards"][bits])
+            res["zero_shot"].append(z)
+        # few-shot runs
+        for s in range(args.seeds):
+            rows = cached(f"{d}|tpe|seed{s}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget))
+            res["traces"]["tpe"].append(BS.trace(rows, truth, args.budget))
+            for k in TPE_AT:
+                pick = tpe_pick(rows, k)
+                res["tpe_at"][k].append(truth["r_max"] - truth["rewards"][pick])
+                if d in truths2:
+                    res["tpe_at_seed2"][k].append(truths2[d]["r_max"] - truths2[d]["rewards"][pick])
+            rows = cached(f"{d}|random|seed{s}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget, optimizer="random"))
+            res["traces"]["random"].append(BS.trace(rows, truth, args.budget))
+            if fixed_top:
+                warm = [(m, method, None) for m in fixed_top]
+                rows = cached(f"{d}|tpe+fixed|seed{s}|{'-'.join(fixed_top)}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget, proposals=warm))
+                res["traces"]["tpe+fixed"].append(BS.trace(rows, truth, args.budget))
+            for p, ranked in zip(policies, proposals):
+                warm = [(q.mask.bitstring, q.method, q.lr) for q in ranked]
+                psig = "-".join(w[0] for w in warm)
+                rows = cached(f"{d}|tpe+policy|{p.path}|seed{s}|{psig}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget, proposals=warm))
+                res["traces"]["tpe+policy"].append(BS.trace(rows, truth, args.budget))
+        if not fixed_top:
+            del res["traces"]["tpe+fixed"]
+        per[d] = res
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    from memrl.utils.io import write_json_atomic
+
+    keep = {r["key"] for r in runs}
+    write_json_atomic(raw_path, {"command": _command(argv), "budget": args.budget, "within": WITHIN, "fixed": fixed[:10], "runs": runs + [r for k, r in old.items() if k not in keep]})
+
+    # ------------------------------------------------------------------ the report
+    costs = {str(p.path): training_cost(Path(p.path)) for p in policies}
+    lines = [f"`{_command(argv)}`", ""]
+    lines.append(
+        f"{len(policies)} polic{'y' if len(policies) == 1 else 'ies'} ({', '.join(str(p.path) for p in policies)}), trained on {len(trained_on)} datasets "
+        f"({', '.join(trained_on[:6])}{', ...' if len(trained_on) > 6 else ''}); tested on {len(truths)} datasets they never saw. "
+        f"Ground truth: the tables under {tables} (evaluation seed {env.seed}; {n_units} units, {method}). "
+        f"Best fixed mask: {'the best mean reward over ' + str(len(train_truths)) + ' training tables (' + ', '.join(train_truths) + '): ' + fixed[0][0] if fixed else 'n/a (no training-member table)'}. "
+        f"Few-shot: {args.budget} trials, sampler seeds 0..{args.seeds - 1}, warm starts of {args.warm_k}."
+    )
+    lines.append("")
+    head = "| dataset | optimum | zero-shot regret (median; per policy) | zero-shot rank | fixed regret [rank] | random regret [rank %] | " + " | ".join(f"TPE@{k} regret" for k in TPE_AT) + " | zero-shot ≤ TPE@16 |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    summary = {"zero_rank_pct": [], "zero_regret": [], "fixed_regret": [], "beats_tpe16": 0}
+    for d, res in per.items():
+        truth = truths[d]
+        n = truth["masks"]
+        zr = [z["regret"] for z in res["zero_shot"]]
+        zk = [z["rank"] for z in res["zero_shot"]]
+        fixed_r = truth["rewards"].get(fixed[0][0]) if fixed else None
+        rand_regret = float(np.mean([truth["r_max"] - r for r in truth["rewards"].values()]))
+        tpe = {k: float(np.median(v)) for k, v in res["tpe_at"].items()}
+        beats = float(np.median(zr)) <= tpe[16]
+        summary["zero_rank_pct"].append(float(np.median(zk)) / n)
+        summary["zero_regret"].append(float(np.median(zr)))
+        summary["beats_tpe16"] += int(beats)
+        if fixed_r is not None:
+            summary["fixed_regret"].append(truth["r_max"] - fixed_r)
+        fixed_txt = f"{truth['r_max'] - fixed_r:.3f} [{rank_of(truth, fixed_r)}]" if fixed_r is not None else "n/a"
+        lines.append(
+            f"| {d} | {truth['r_max']:.3f} ({'; '.join(truth['optimum_bits'])}) | {np.median(zr):.3f} ({', '.join(f'{x:.2f}' for x in zr)}) | "
+            f"{np.median(zk):.0f} of {n} ({', '.join(str(x) for x in zk)}) | {fixed_txt} | {rand_regret:.3f} [50%] | "
+            + " | ".join(f"{tpe[k]:.3f}" for k in TPE_AT)
+            + f" | {'yes' if beats else 'no'} |"
+        )
+    lines.append("")
+    if truths2:
+        lines.append("On a second evaluation seed (picks scored on numbers their picker never saw):")
+        lines.append("")
+        head2 = "| dataset | zero-shot regret (median) | zero-shot rank | fixed regret | " + " | ".join(f"TPE@{k} pick's regret" for k in TPE_AT) + " |"
+        lines += [head2, "|" + "---|" * (head2.count("|") - 1)]
+        for d, t2 in truths2.items():
+            res = per[d]
+            fr = t2["r_max"] - t2["rewards"][fixed[0][0]] if fixed else None
+            lines.append(
+                f"| {d} | {np.median([z['regret_seed2'] for z in res['zero_shot']]):.3f} | {np.median([z['rank_seed2'] for z in res['zero_shot']]):.0f} of {t2['masks']} | {_fmt(fr)} | "
+                + " | ".join(f"{np.median(res['tpe_at_seed2'][k]):.3f}" for k in TPE_AT)
+                + " |"
+            )
+        lines.append("")
+    lines.append("Few-shot: distinct evaluations to within 2% of the optimum, median [IQR] over runs (runs = sampler seeds, times policies for tpe+policy):")
+    lines.append("")
+    head3 = "| dataset | " + " | ".join(m for m in FEW_SHOT if any(m in per[d]["traces"] for d in per)) + " |"
+    lines += [head3, "|" + "---|" * (head3.count("|") - 1)]
+    pooled: dict[str, list[dict]] = {}
+    for d, res in per.items():
+        lines.append(f"| {d} | " + " | ".join(hits_median(tr, args.budget) for tr in res["traces"].values()) + " |")
+        for m, tr in res["traces"].items():
+            pooled.setdefault(m, []).extend(tr)
+    if len(per) > 1:
+        lines.append("| **pooled** | " + " | ".join(hits_median(tr, args.budget) for tr in pooled.values()) + " |")
+    lines.append("")
+
+    # goals and cost
+    med_rank = float(np.median(summary["zero_rank_pct"]))
+    lines.append("Goals:")
+    lines.append(f"- zero-shot rank in the top 10% (median over datasets): {med_rank:.1%} -> {'met' if med_rank <= 0.10 else 'not met'}")
+    if summary["fixed_regret"]:
+        zm, fm = float(np.mean(summary["zero_regret"])), float(np.mean(summary["fixed_regret"]))
+        lines.append(f"- zero-shot mean regret {zm:.3f} vs best fixed mask {fm:.3f} -> {'met' if zm < fm else 'not met'}")
+    half = summary["beats_tpe16"] >= len(per) / 2
+    lines.append(f"- zero-shot at least as good as TPE@16 on {summary['beats_tpe16']} of {len(per)} datasets -> {'met' if half else 'not met'}")
+    q_warm = BS.quantiles([t["hit"] for t in pooled["tpe+policy"]], args.budget)[1]
+    q_tpe = BS.quantiles([t["hit"] for t in pooled["tpe"]], args.budget)[1]
+    lines.append(f"- few-shot: tpe+policy median {BS._fmt_q(q_warm, args.budget)} vs tpe {BS._fmt_q(q_tpe, args.budget)} evaluations to within 2% -> {'met' if q_warm[0] < q_tpe[0] and not q_warm[1] else 'not met'}")
+    saved = q_tpe[0] - q_warm[0]
+    cost_txt = ", ".join(f"{Path(k).parent.name}: {v}" for k, v in costs.items())
+    if saved > 0 and not q_tpe[1] and not q_warm[1]:
+        pays = float(np.mean(list(costs.values()))) / saved
+        lines.append(f"- cost: training spent {cost_txt} real evaluations; the warm start saves {saved:.1f} per new dataset, so training pays for itself after {pays:.0f} new datasets")
+    else:
+        lines.append(f"- cost: training spent {cost_txt} real evaluations; the warm start saves none per new dataset here, so training does not pay for itself on this measure")
+    lines.append("")
+    png = out_dir / f"{RESULTS_NAME}.png"
+    panels = []
+    for d, res in per.items():
+        truth = truths[d]
+        span = truth["r_max"] - truth["r_min"]
+        z = float(np.median([(z["reward"] - truth["r_min"]) / span for z in res["zero_shot"]])) if span else 1.0
+        marks = {"zero-shot policy": (z, "tab:red", "*")}
+        if fixed:
+            marks["best fixed mask"] = ((truth["rewards"][fixed[0][0]] - truth["r_min"]) / span if span else 1.0, "tab:green", "D")
+        panels.append((d, res["traces"], marks))
+    plot(panels, args.budget, png)
+    lines.append(f"![few-shot best-so-far against distinct evaluations; zero-shot and fixed masks at 1]({png.name})")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text(text)
+    print(f"wrote {png} and {raw_path} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    return 0
+
+
+def _command(argv: list[str] | None) -> str:
+    return "python experiments/bench_transfer.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

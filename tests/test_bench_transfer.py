@@ -1,0 +1,146 @@
+"""experiments/bench_transfer.py: zero-shot and few-shot on a dataset the policy never saw, from lookup tables.
+
+Two synthetic tables over every lora mask of the quick model's 7 units (the reference and base rows as
+evaluated, each mask's row a copy of a real evaluation with its own FID / nn_own_rate), on `inverted`
+(the policy's training dataset and the best fixed mask's) and `thick` (the unseen test dataset). The
+policy is trained with `memrl train --lookup` for a few steps: what matters is the plumbing and that each
+reported number is the table's own.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"finetune": {"steps": 2, "batch_size": 8, "n_mem": 2, "n_repeats": 2, "data_size_ratio": 0.1}, "gens_per_prompt": 2, "n_fid_samples": 8, "inference_steps": 2, "noise_norm_timesteps": [500], "noise_norm_draws": 1}
+DATASETS = ("inverted", "thick")
+
+
+def _module():  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location("bench_transfer", ROOT / "experiments" / "bench_transfer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _u(bits: str, salt: str) -> float:
+    return int(hashlib.sha256((salt + bits).encode()).hexdigest()[:8], 16) / 16**8
+
+
+@pytest.fixture(scope="module")
+def setup(quick_model_dir, tmp_path_factory):
+    from memrl.agents.config import TrainConfig
+    from memrl.agents.train import train
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.config import EnvConfig
+    from memrl.evaluation import Evaluator, request_key
+    from memrl.evaluation.evaluator import build_request
+    from memrl.evaluation.lookup import export_table, read_table, table_meta
+    from memrl.peft_masking import Mask
+
+    root = tmp_path_factory.mktemp("bench_transfer")
+    env = {"pretrained": str(quick_model_dir[0]), "datasets": ["inverted"], "method": "lora", "preset": "quick", "eval_overrides": TINY, "seed": 0}
+    config = root / "env.yaml"
+    config.write_text(yaml.safe_dump({"env": env, "search": {"final_pictures": False}}))
+    ev = Evaluator(quick_model_dir[0], cache=root / "evals.sqlite")
+    cfg = EnvConfig(**env).eval_config()
+    tables = root / "tables"
+    tables.mkdir()
+    n = len(ev.units)
+    for name in DATASETS:
+        data = load_dataset(name, ev.image_size, ev.image_channels)
+        ev.evaluate(data, "lora", "mid_block.attentions.0", cfg, seed=0)  # + the reference and base rows
+        export_table(ev.cache, root / f"{name}-real.jsonl", table_meta(ev))
+        meta, rows = read_table(root / f"{name}-real.jsonl")
+        fp = data.fingerprint()
+        keep = [r for r in rows if r["request"]["method"] == "full" and r["request"]["dataset"] == fp]
+        template = next(r for r in rows if r["request"]["method"] == "lora" and r["request"]["dataset"] == fp)
+        lcfg = cfg.with_method("lora", None, 0)
+        for k in range(2**n):
+            bits = format(k, f"0{n}b")
+            mask = Mask.from_bits(bits, ev.units)
+            req = build_request(ev.model_hash, ev.feature_net_hash, ev.units, ev.granularity, fp, bits, lcfg, template["request"]["runtime"])
+            res = copy.deepcopy(template["result"])
+            # the two datasets agree on most of the ranking: one shared term, one of their own
+            fid = res["fid"] * (0.5 + 1.5 * _u(bits, "fid") + 0.5 * _u(bits, name))
+            res.update({"mask": str(mask), "mask_bits": bits, "mask_units": list(mask.selected), "fid": fid, "nn_own_rate": _u(bits, "mem"), "trainable_fraction": 0.01 * bits.count("1")})
+            keep.append({"key": request_key(req), "request": req, "status": "ok", "result": res, "error": None, "deterministic": False})
+        (tables / f"{name}_lora_seed0.jsonl").write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in [{"meta": meta}, *keep]))
+    policy_run = root / "policy"
+    tcfg = TrainConfig.from_dict(
+        {
+            "env": env,
+            "ppo": {"n_steps": 4, "batch_size": 4, "n_epochs": 2},
+            "train": {"total_timesteps": 8, "seed": 0, "checkpoint_every": 8, "random_masks": 0, "optuna": False, "final_pictures": False},
+        }
+    )
+    train(tcfg, policy_run, progress=False, echo=lambda _s: None, lookup=tables)
+    return {"tables": tables, "config": config, "policy": policy_run, "n": n}
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_bench_transfer_reports_the_tables_numbers(setup, tmp_path, capsys):
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.policy import TrainedPolicy
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    mod = _module()
+    out = tmp_path / "out"
+    md = tmp_path / "transfer.md"
+    argv = [
+        "--policies", str(setup["policy"]), "--tables", str(setup["tables"]), "--config", str(setup["config"]), "--datasets", "thick",
+        "--train-datasets", "inverted", "--seeds", "2", "--budget", "16", "--warm-k", "2", "--out-dir", str(out), "--markdown", str(md),
+    ]  # fmt: skip
+    assert mod.main(argv) == 0
+    text = md.read_text()
+    assert text in capsys.readouterr().out
+    # the zero-shot row is the policy's deterministic mask scored on the thick table
+    env = mod.BS.load_env(setup["config"])
+    ev = LookupEvaluator.from_dir(setup["tables"])
+    ev.set_feature_net(Path(env.pretrained) / "feature_net")
+    truth = mod.BS.ground_truth(ev, env, "thick")
+    policy = TrainedPolicy.load(setup["policy"] / "policy.zip")
+    data = load_dataset("thick", ev.image_size, ev.image_channels)
+    bits = policy.deterministic(ev, policy.describe(ev, data)).mask.bitstring
+    row = next(_cells(x) for x in text.splitlines() if x.startswith("| thick |"))
+    regret = truth["r_max"] - truth["rewards"][bits]
+    assert float(row[2].split(" ")[0]) == pytest.approx(regret, abs=1e-3)
+    assert int(row[3].split(" ")[0]) == mod.rank_of(truth, truth["rewards"][bits])
+    # the best fixed mask comes from the training table alone
+    train_truth = mod.BS.ground_truth(ev, env, "inverted")
+    fixed = max(train_truth["rewards"], key=train_truth["rewards"].get)
+    assert f"training tables (inverted): {fixed}" in text
+    assert float(row[4].split(" ")[0]) == pytest.approx(truth["r_max"] - truth["rewards"][fixed], abs=1e-3)
+    # few-shot table: every method, and goals with a verdict each
+    few = next(_cells(x) for x in text.splitlines() if x.startswith("| dataset | tpe |"))
+    assert few[1:] == ["tpe", "tpe+policy", "tpe+fixed", "random"]
+    for line in ("zero-shot rank in the top 10%", "mean regret", "TPE@16 on", "few-shot: tpe+policy", "cost: training spent"):
+        assert line in text
+    raw = json.loads((out / "bench_transfer.json").read_text())
+    keys = [r["key"] for r in raw["runs"]]
+    assert len(keys) == 2 * 4 and len(set(keys)) == 8
+    # the warm-started runs begin with the warm start: the policy's 2 most probable proposals, the 2 best fixed masks
+    ranked = [p.mask.bitstring for p in policy.ranked(ev, policy.describe(ev, data), k=2)]
+    for r in raw["runs"]:
+        first = [x["mask_bits"] for x in r["rows"][:2]]
+        if "|tpe+policy|" in r["key"]:
+            assert first == ranked
+        if "|tpe+fixed|" in r["key"]:
+            assert first == [m for m, _ in mod.best_fixed({"inverted": train_truth})[:2]]
+    png = out / "bench_transfer.png"
+    assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # a rerun reuses every run and prints the same report
+    assert mod.main(argv) == 0
+    assert md.read_text().split("\n", 1)[1] == text.split("\n", 1)[1]
+    # testing on the policy's own training dataset is refused
+    assert mod.main([*argv[:6], "--datasets", "inverted", "--out-dir", str(tmp_path / "x")]) == 2
