@@ -144,3 +144,44 @@ def test_bench_transfer_reports_the_tables_numbers(setup, tmp_path, capsys):
     assert md.read_text().split("\n", 1)[1] == text.split("\n", 1)[1]
     # testing on the policy's own training dataset is refused
     assert mod.main([*argv[:6], "--datasets", "inverted", "--out-dir", str(tmp_path / "x")]) == 2
+
+
+def _scalars(tb_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    return {t: [(e.step, e.value) for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
+
+
+def test_search_with_ground_truth_writes_regret(setup, tmp_path, capsys):
+    """memrl search --lookup on a complete table: TensorBoard's regret of the best-so-far mask per trial and the summary's regret."""
+    from memrl.cli import main
+    from memrl.reporting.records import EvaluationLog
+
+    mod = _module()
+    env = mod.BS.load_env(setup["config"])
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    truth = mod.BS.ground_truth(LookupEvaluator.from_dir(setup["tables"]), env, "thick")
+    run = tmp_path / "run"
+    argv = ["search", "--config", str(setup["config"]), "--dataset", "thick", "--lookup", str(setup["tables"]), "--budget", "6", "--out", str(run), "--no-progress", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = EvaluationLog.read(run / "evaluations.csv")
+    best = max(float(r["reward"]) for r in rows)
+    assert summary["ground_truth"]["regret"] == pytest.approx(truth["r_max"] - best)
+    assert summary["ground_truth"]["rank"] == mod.rank_of(truth, best) and summary["ground_truth"]["masks"] == 2 ** setup["n"]
+    got = _scalars(run / "tb" / "memrl")
+    running = [truth["r_max"] - max(float(r["reward"]) for r in rows[: i + 1]) for i in range(len(rows))]
+    assert [s for s, _ in got["regret/thick"]] == [int(r["step"]) for r in rows]
+    assert [v for _, v in got["regret/thick"]] == pytest.approx(running, abs=1e-4)
+    assert all(a >= b for a, b in zip(running, running[1:]))  # best-so-far: never worse
+    # an explicit --ground-truth without every mask for the dataset is refused before the run folder exists
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    (partial / "inverted.jsonl").write_text((setup["tables"] / "inverted_lora_seed0.jsonl").read_text())
+    bad = tmp_path / "bad"
+    assert main(["search", "--config", str(setup["config"]), "--dataset", "thick", "--lookup", str(setup["tables"]), "--ground-truth", str(partial), "--budget", "2", "--out", str(bad)]) == 2
+    assert not bad.exists()
+    assert "--ground-truth" in capsys.readouterr().err

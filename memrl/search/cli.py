@@ -17,6 +17,7 @@ FLAG_KEYS = (
     ("--lookup", "lookup", "search.lookup"),
     ("--warm-start", "warm_start", "search.warm_start"),
     ("--warm-start-k", "warm_start_k", "search.warm_start_k"),
+    ("--ground-truth", "ground_truth", "search.ground_truth"),
     ("--pretrained", "pretrained", "env.pretrained"),
     ("--preset", "preset", "env.preset"),
     ("--method", "method", "env.method"),
@@ -57,6 +58,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "enqueued once (--resume does not enqueue again); like --set search.warm_start=POLICY",
     )
     p.add_argument("--warm-start-k", type=int, default=None, metavar="K", help="how many of the --warm-start policy's proposals to enqueue (default 4; at most the budget); like --set search.warm_start_k=K")
+    p.add_argument(
+        "--ground-truth",
+        default=None,
+        metavar="DIR",
+        help="lookup tables holding every mask for the dataset with this run's settings (e.g. experiments/results/exhaustive): "
+        "TensorBoard shows the best-so-far mask's regret per trial (regret/<dataset>, regret_rank/<dataset>) and the summary its "
+        "regret and rank; refused when the tables lack a mask; default: the --lookup folder when it has every mask",
+    )
     p.add_argument("--pretrained", "--model", dest="pretrained", default=None, help="override env.pretrained (the base model folder); --model is an alias")
     p.add_argument("--preset", default=None, help="override env.preset, the evaluation budget: default, search (the agent's) or quick")
     p.add_argument("--method", default=None, help="override env.method: the one PEFT method searched with (lora, difffit, ...)")

@@ -62,6 +62,11 @@ class SearchSettings:
     warm_start: str | None = None
     #: How many of the policy's proposals ``warm_start`` enqueues (at most the budget).
     warm_start_k: int = 4
+    #: A folder of lookup tables holding every mask for the dataset with the run's settings (an
+    #: exhaustive search's table): TensorBoard then shows the best-so-far mask's regret per trial
+    #: (``regret/<dataset>``) and the summary its regret and rank. ``None``: the ``lookup`` folder
+    #: when there is one (silently nothing when it lacks a mask).
+    ground_truth: str | None = None
 
     def __post_init__(self) -> None:
         where = "search config"

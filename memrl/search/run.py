@@ -242,6 +242,33 @@ def warm_start_summary(study, best_row: dict | None) -> dict | None:  # noqa: AN
     return {"source": trials[0].user_attrs.get("warm_start_source"), "trials": rows, "best_is_warm_start": any(r["step"] == best_step for r in rows)}
 
 
+# ---------------------------------------------------------------------------------------- ground truth
+def ground_truth_book(cfg: SearchConfig, ev: MaskEvaluator, dataset: str):  # noqa: ANN201
+    """The run's ground truth (:class:`memrl.evaluation.ground_truth.GroundTruthBook`) or ``None``:
+    ``search.ground_truth``'s tables (refused when they lack a mask for ``dataset``), else the
+    ``lookup`` tables when they hold every mask."""
+    from memrl.evaluation.ground_truth import GroundTruthBook
+
+    env = cfg.env
+    given = cfg.search.ground_truth
+    source = given or cfg.search.lookup
+    if not source:
+        return None
+    if given and not Path(given).is_dir():
+        raise MemrlError(f"--ground-truth {given}: not a folder of lookup tables (*.jsonl)")
+    tables = ev if not given and getattr(ev, "coverage", None) is not None else source
+    book = GroundTruthBook.from_tables(tables, env.eval_config(), env.method, env.methods, env.lr_scales, env.seed, env.resolved_failure_reward())
+    if book(dataset) is None:
+        if given:
+            raise MemrlError(
+                f"--ground-truth {given}: the tables do not hold every mask for {dataset} with this run's settings "
+                f"(method {', '.join(cfg.methods())}, preset {env.preset}, seed {env.seed}, with the reference and pretrained rows); "
+                "make one with memrl search --optimizer exhaustive"
+            )
+        return None
+    return book
+
+
 # ---------------------------------------------------------------------------------------- the loop
 def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, progress: bool = True, echo=print, budget: int | None = None, evaluator: MaskEvaluator | None = None, proposals: Sequence | None = None) -> dict:  # noqa: ANN001, C901
     """Run (or, with ``resume``, continue) ``memrl search``; returns the summary it prints (also ``RUN/best.json``).
@@ -283,6 +310,7 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
         return action_to_params(action_at(k, dims), units, env.methods, env.lr_scales)
 
     warm = [] if resume else warm_start_trials(cfg, ev, data, optimizer, total, proposals)
+    book = ground_truth_book(cfg, ev, dataset)
 
     state = _load_state(run) if resume else {}
     sampler = state.get("sampler") or optimizer.make(cfg.search.seed, params_at, total)
@@ -321,7 +349,7 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
     if keep != len(log.rows):
         log.truncate(keep)
     writer = SummaryWriter(str(run / "tb" / "memrl"), purge_step=len(log.rows) + 1 if resume else None)
-    board = EvaluationBoard(writer, units, mem_metric, log.rows, state.get("history"))
+    board = EvaluationBoard(writer, units, mem_metric, log.rows, state.get("history"), ground_truth=book)
     if resume:
         echo(f"resuming {run}: {len(finished)} of {total} trials finished, {len(pending)} interrupted")
 
@@ -401,6 +429,10 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
         "best": best,
         "warm_start": warm_start_summary(study, log.best()),
     }
+    truth = book(dataset) if book is not None else None
+    if truth is not None and best is not None:
+        r = float(best["metrics"]["reward"])
+        summary["ground_truth"] = {"optimum": truth.r_max, "optimum_masks": truth.optimum, "regret": truth.regret(r), "rank": truth.rank(r), "masks": truth.n, "within_2pct": truth.within(r)}
     write_json_atomic(run / "best.json", summary)
     echo(format_summary(summary))
     return summary
@@ -436,5 +468,8 @@ def format_summary(s: dict) -> str:
     if w:
         steps = ", ".join(str(r["step"]) for r in w["trials"])
         lines.append(f"warm start ({w['source']}): trial(s) {steps} were its proposals; the best trial {'was' if w['best_is_warm_start'] else 'was not'} one of them")
+    g = s.get("ground_truth")
+    if g:
+        lines.append(f"ground truth: optimum {g['optimum']:.3f} ({', '.join(g['optimum_masks'])}); the best trial's regret {g['regret']:.3f}, rank {g['rank']} of {g['masks']}")
     lines.append(f"optuna-dashboard {s['storage']}  (study {s['study']!r})")
     return "\n".join(lines)
