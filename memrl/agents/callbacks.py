@@ -27,6 +27,9 @@ class EvaluationRecordCallback(BaseCallback):
     (``eval/<metric>`` per successful evaluation, ``eval/trainable_pct``, ``eval/best_reward``,
     ``eval/cache_hit_rate``, ``eval/failures``; figures ``masks/bit_frequency`` (heatmap over
     rollouts) and ``pareto/scatter`` at every rollout's end), the same as ``memrl search`` writes.
+
+    Real evaluations only: an imagined step (``info["imagined"]``, :mod:`memrl.agents.dyna`) was
+    not evaluated and is left out (:class:`SurrogateCallback` counts it).
     """
 
     def __init__(self, run_dir: Path, log: EvaluationLog, writer, units: list[str], mem_metric: str, history: dict | None = None, optuna=None) -> None:  # noqa: ANN001
@@ -45,7 +48,7 @@ class EvaluationRecordCallback(BaseCallback):
         rewards = self.locals.get("rewards", np.zeros(len(infos)))
         rows = []
         for i, (info, r) in enumerate(zip(infos, rewards)):
-            if "mask_bits" not in info:
+            if "mask_bits" not in info or info.get("imagined"):
                 continue
             step = self.num_timesteps - len(infos) + i + 1
             rows.append(info_to_row(step, i, info, float(r)))
@@ -61,6 +64,52 @@ class EvaluationRecordCallback(BaseCallback):
         ok = self.log.ok_rows()
         front = write_pareto(self.run_dir / "pareto.csv", ok, self.mem_metric) if ok else []
         self.board.figures(self.num_timesteps, ok, front)
+
+
+class SurrogateCallback(BaseCallback):
+    """TensorBoard tags of Dyna-style training (``train.surrogate``, :mod:`memrl.agents.dyna`), and
+    its ``max_real`` stop.
+
+    Tags (``RUN/tb/memrl``, x axis: the env step): ``surrogate/imagined_share`` (imagined steps
+    over all steps so far), ``surrogate/real_evaluations`` (distinct real evaluations so far) and
+    ``surrogate/abs_error`` (|prediction - reward| of each new real evaluation, predicted before
+    its result was known). Training stops (``_on_step`` returns ``False``) once ``max_real``
+    distinct real evaluations have been made.
+
+    ``model``: the run's :class:`~memrl.agents.dyna.DynaModel`; ``real_steps``: the real steps
+    recorded before this run's ``learn`` (a resumed run's ``evaluations.csv`` rows), so the share
+    continues where it stood.
+    """
+
+    def __init__(self, writer, model, real_steps: int = 0, max_real: int | None = None) -> None:  # noqa: ANN001
+        super().__init__()
+        self.writer = writer
+        self.dyna = model
+        self.real_steps = int(real_steps)
+        self.imagined_steps = 0
+        self.max_real = max_real
+
+    def _on_training_start(self) -> None:
+        self.imagined_steps = max(0, int(self.num_timesteps) - self.real_steps)
+
+    def _on_step(self) -> bool:
+        infos = self.locals.get("infos", [])
+        rewards = self.locals.get("rewards", np.zeros(len(infos)))
+        for i, (info, r) in enumerate(zip(infos, rewards)):
+            if "imagined" not in info:
+                continue
+            step = self.num_timesteps - len(infos) + i + 1
+            if info["imagined"]:
+                self.imagined_steps += 1
+            else:
+                self.real_steps += 1
+                mean = info.get("surrogate_mean")
+                if info.get("surrogate_new") and mean is not None and not info.get("failed"):
+                    self.writer.add_scalar("surrogate/abs_error", abs(float(mean) - float(r)), step)
+            total = self.real_steps + self.imagined_steps
+            self.writer.add_scalar("surrogate/imagined_share", self.imagined_steps / max(1, total), step)
+            self.writer.add_scalar("surrogate/real_evaluations", self.dyna.n_real, step)
+        return self.max_real is None or self.dyna.n_real < self.max_real
 
 
 class ResumableCheckpointCallback(BaseCallback):

@@ -12,6 +12,8 @@ Example (``experiments/digits.yaml``)::
     train:                    # TrainSettings
       total_timesteps: 96
       heldout_datasets: [mirrored]
+      surrogate:              # SurrogateSettings (memrl.agents.dyna); off by default
+        enabled: false
 """
 
 from __future__ import annotations
@@ -38,6 +40,56 @@ DEFAULT_PPO = {
 
 
 @dataclass
+class SurrogateSettings:
+    """``train.surrogate``: Dyna-style training with a learned reward model (:mod:`memrl.agents.dyna`).
+
+    Proposals unlikely to beat the best real reward on their dataset are answered by the model
+    (imagined steps) instead of being evaluated; ``evaluations.csv`` and the other records hold
+    the real evaluations only. Off by default.
+    """
+
+    enabled: bool = False
+    #: Distinct real evaluations before the model may imagine a step (its first fit).
+    min_real: int = 16
+    #: Upper-confidence-bound weight: a proposal is evaluated when mean + kappa * std >= the best
+    #: real reward on its dataset (0: only when the mean beats it; larger: more exploration).
+    kappa: float = 1.0
+    #: Refit the model after this many new distinct real evaluations.
+    refit_every: int = 4
+    #: Stop training once this many distinct real evaluations have been made (``None``: run
+    #: ``total_timesteps`` env steps).
+    max_real: int | None = None
+
+    def __post_init__(self) -> None:
+        where = "train config"
+        check_fields(self, where)
+        if self.min_real < 1:
+            raise ConfigError(where, f"'min_real' must be >= 1 (real evaluations before the model is used), got {self.min_real}")
+        if not self.kappa >= 0:
+            raise ConfigError(where, f"'kappa' must be >= 0 (the weight of the uncertainty), got {self.kappa}")
+        if self.refit_every < 1:
+            raise ConfigError(where, f"'refit_every' must be >= 1, got {self.refit_every}")
+        if self.max_real is not None and self.max_real < 1:
+            raise ConfigError(where, f"'max_real' must be >= 1 or null (no limit), got {self.max_real}")
+
+    @classmethod
+    def from_value(cls, value: object) -> "SurrogateSettings":
+        """From the YAML mapping (unknown keys refused, naming the valid ones)."""
+        if isinstance(value, cls):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError("train config", f"'surrogate' must be a mapping of keys {', '.join(f.name for f in fields(cls))}, got {value!r}")
+        known = [f.name for f in fields(cls)]
+        bad = sorted(str(k) for k in value if k not in known)
+        if bad:
+            raise ConfigError("train config", f"unknown key(s) {', '.join('surrogate.' + k for k in bad)}; valid: {', '.join(known)}")
+        try:
+            return cls(**value)
+        except ConfigError as exc:
+            raise ConfigError(exc.where, f"surrogate: {exc.problem}") from None
+
+
+@dataclass
 class TrainSettings:
     """Outer-loop settings (not PPO's own)."""
 
@@ -57,9 +109,13 @@ class TrainSettings:
     report_to: list[str] = field(default_factory=list)
     #: Weights & Biases project (with ``report_to: [wandb]``).
     wandb_project: str = "memrl"
+    #: Dyna-style training with a learned reward model (:class:`SurrogateSettings`).
+    surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
 
     def __post_init__(self) -> None:
         where = "train config"
+        if not isinstance(self.surrogate, SurrogateSettings):  # a YAML mapping
+            self.surrogate = SurrogateSettings.from_value(self.surrogate)
         check_fields(self, where)  # types first: ``total_timesteps: "8"`` is one clear line
         if self.total_timesteps < 1:
             raise ConfigError(where, f"'total_timesteps' must be >= 1, got {self.total_timesteps}")
@@ -67,6 +123,12 @@ class TrainSettings:
             raise ConfigError(where, f"'vec_env' must be 'dummy' or 'subproc', got {self.vec_env!r}")
         if self.n_envs < 1:
             raise ConfigError(where, f"'n_envs' must be >= 1, got {self.n_envs}")
+        if self.surrogate.enabled and self.vec_env == "subproc" and self.n_envs > 1:
+            raise ConfigError(
+                where,
+                "'surrogate.enabled' needs every env in one process (one reward model learns from all of them): "
+                f"set vec_env: dummy (or n_envs: 1), got vec_env subproc with n_envs {self.n_envs}",
+            )
         unknown = sorted(set(self.report_to) - set(REPORT_TO))
         if unknown:
             raise ConfigError(where, f"'report_to' has {', '.join(map(repr, unknown))}; valid: {', '.join(REPORT_TO)}")

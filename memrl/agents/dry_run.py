@@ -160,6 +160,9 @@ def estimate(cfg: TrainConfig, step_seconds: float, reference_seconds: float) ->
     heldout = [d for d in cfg.train.heldout_datasets if d not in train_sets]
     n_sets = len(train_sets) + len(heldout)
     training = int(cfg.train.total_timesteps)
+    sur = cfg.train.surrogate
+    if sur.enabled and sur.max_real is not None:  # the run stops after max_real real evaluations
+        training = min(training, int(sur.max_real))
     comparison = (1 + int(cfg.train.random_masks)) * n_sets
     pictures = 1 if cfg.train.final_pictures else 0
     evaluations = training + comparison + pictures
@@ -176,7 +179,8 @@ def estimate(cfg: TrainConfig, step_seconds: float, reference_seconds: float) ->
         "seconds": round(seconds, 1),
         "hours": round(seconds / 3600.0, 4),
         "note": "upper bound for one process: repeated proposals and resumed steps are answered from the cache"
-        + (f"; {cfg.train.n_envs} subprocess envs may overlap their steps" if cfg.train.n_envs > 1 and cfg.train.vec_env == "subproc" else ""),
+        + (f"; {cfg.train.n_envs} subprocess envs may overlap their steps" if cfg.train.n_envs > 1 and cfg.train.vec_env == "subproc" else "")
+        + ("; with train.surrogate the reward model answers some steps without evaluating (imagined steps)" if sur.enabled else ""),
     }
 
 

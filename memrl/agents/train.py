@@ -20,6 +20,13 @@ nothing is fine-tuned, so comparing outer loops costs no evaluations. The tables
 mask the policy can propose on every training and held-out dataset (checked before the run folder
 is written), and ``RUN/lookup.json`` records the tables; ``--resume`` answers from the same ones.
 The final pictures are skipped (a table has none).
+
+With ``train.surrogate.enabled`` (Dyna-style, :mod:`memrl.agents.dyna`) every env is wrapped in a
+:class:`~memrl.agents.dyna.DynaWrapper`: a learned reward model answers the proposals unlikely to
+beat the best real reward on their dataset (imagined steps) and PPO learns from both. The records
+(``evaluations.csv``, Optuna, ``eval/*``, best/pareto files) hold the real evaluations only; the
+``surrogate/*`` TensorBoard tags and the summary's ``surrogate`` entry count the imagined ones.
+The model is rebuilt from ``evaluations.csv`` on ``--resume``, so nothing of it is checkpointed.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from memrl.agents.callbacks import EvaluationRecordCallback, ResumableCheckpointCallback, load_checkpoint, restore_rng
+from memrl.agents.callbacks import EvaluationRecordCallback, ResumableCheckpointCallback, SurrogateCallback, load_checkpoint, restore_rng
 from memrl.agents.config import TrainConfig
 from memrl.reporting.records import EvaluationLog, write_best, write_pareto
 from memrl.envs.config import EnvConfig
@@ -60,7 +67,9 @@ def _make_subproc_env(env_cfg: dict, basis: dict, lookup: dict | None = None):  
     return Monitor(MaskSelectionEnv(EnvConfig.from_dict(env_cfg), evaluator=evaluator, basis=basis))
 
 
-def build_vec_env(cfg: TrainConfig, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis):  # noqa: ANN001, ANN201
+def build_vec_env(cfg: TrainConfig, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis, dyna=None):  # noqa: ANN001, ANN201
+    """The vectorised envs of a run; with ``dyna`` (a :class:`~memrl.agents.dyna.DynaModel`) each is
+    wrapped in a :class:`~memrl.agents.dyna.DynaWrapper` sharing it (in-process envs only)."""
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
@@ -68,6 +77,12 @@ def build_vec_env(cfg: TrainConfig, env_cfg: EnvConfig, evaluator, basis: Descri
 
     n = cfg.train.n_envs
     env_cfg = env_cfg.with_(info_runtime=True)  # the evaluation log records cache hits and seconds
+    if dyna is not None:
+        if cfg.train.vec_env == "subproc" and n > 1:
+            raise MemrlError("train.surrogate.enabled needs every env in one process: set train.vec_env=dummy (or train.n_envs=1)")
+        from memrl.agents.dyna import DynaWrapper
+
+        return DummyVecEnv([lambda: Monitor(DynaWrapper(MaskSelectionEnv(env_cfg, evaluator=evaluator, basis=basis), dyna)) for _ in range(n)])
     if cfg.train.vec_env == "subproc" and n > 1:
         from memrl.evaluation.lookup import LookupEvaluator
 
@@ -238,8 +253,14 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
         )
         basis.save(basis_path)
 
-    # 2. environments
-    venv = build_vec_env(cfg, env_cfg, evaluator, basis)
+    # 2. environments (with train.surrogate: behind one shared reward model)
+    sur = cfg.train.surrogate
+    dyna = None
+    if sur.enabled:
+        from memrl.agents.dyna import model_for_config
+
+        dyna = model_for_config(env_cfg, len(units), basis.dim, sur.min_real, sur.kappa, sur.refit_every, seed=cfg.train.seed)
+    venv = build_vec_env(cfg, env_cfg, evaluator, basis, dyna)
 
     # 3. PPO: fresh, or from the last checkpoint with every RNG and env state restored
     log = EvaluationLog(run / "evaluations.csv")
@@ -258,6 +279,8 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
         if log.rows:
             log.truncate(0)  # interrupted before the first checkpoint: replay from the start (cache hits)
         model = PPO("MlpPolicy", venv, seed=cfg.train.seed, tensorboard_log=str(run / "tb"), device="cpu", verbose=0, **cfg.ppo)
+    if dyna is not None and log.rows:  # the reward model of the run so far, refitted from its real evaluations
+        venv.env_method("restore", log.rows, indices=[0])
 
     # 4. learn (the Optuna record mirrors the evaluation log; trackers mirror TensorBoard)
     trackers = start_trackers(cfg.train.report_to, run, cfg.to_dict(), cfg.train.wandb_project)
@@ -270,9 +293,13 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
         store.sync(log.rows)  # a resumed run's log was cut back to its checkpoint: so is the record
     record = EvaluationRecordCallback(run, log, writer, units, mem_metric, history, optuna=store)
     checkpoints = ResumableCheckpointCallback(run, cfg.train.checkpoint_every, log, record)
+    callbacks = [record, checkpoints]
+    if dyna is not None:
+        callbacks.append(SurrogateCallback(writer, dyna, real_steps=len(log.rows), max_real=sur.max_real))
     remaining = cfg.train.total_timesteps - int(model.num_timesteps)
-    if remaining > 0:
-        model.learn(remaining, callback=[record, checkpoints], reset_num_timesteps=ckpt is None, tb_log_name="ppo", progress_bar=progress)
+    capped = dyna is not None and sur.max_real is not None and dyna.n_real >= sur.max_real
+    if remaining > 0 and not capped:
+        model.learn(remaining, callback=callbacks, reset_num_timesteps=ckpt is None, tb_log_name="ppo", progress_bar=progress)
         checkpoints.save()
     model.save(run / "policy.zip")
 
@@ -302,8 +329,19 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     }
     if lookup is not None:
         summary["lookup"] = lookup_record(lookup, evaluator)
+    if dyna is not None:
+        summary["surrogate"] = surrogate_summary(dyna, int(model.num_timesteps), len(log.rows), sur.max_real)
     echo(format_summary(summary))
     return summary
+
+
+def surrogate_summary(dyna, env_steps: int, real_steps: int, max_real: int | None = None) -> dict:  # noqa: ANN001
+    """The summary's ``surrogate`` entry: real vs imagined steps, distinct real evaluations and the
+    model's mean out-of-sample error (each predicted before its result was known)."""
+    out = {"real_steps": real_steps, "imagined_steps": env_steps - real_steps, "imagined_share": (env_steps - real_steps) / max(1, env_steps)}
+    out.update(dyna.summary())
+    out["max_real"] = max_real
+    return out
 
 
 def _methods(env_cfg: EnvConfig) -> list[str]:
@@ -388,6 +426,13 @@ def format_summary(s: dict) -> str:
     lines = [f"run {s['run']}: {s['env_steps']} env steps, {s['evaluations']} evaluations ({s['fresh_evaluations']} fresh), {s['pareto_points']} Pareto points"]
     if s.get("lookup"):
         lines.append(f"every evaluation answered from the lookup tables in {s['lookup']['lookup']} (nothing fine-tuned)")
+    g = s.get("surrogate")
+    if g:
+        err = g["mean_abs_error"]
+        lines.append(
+            f"surrogate: {g['real_steps']} real steps ({g['real_evaluations']} distinct evaluations), {g['imagined_steps']} imagined "
+            f"({100 * g['imagined_share']:.0f}%), mean |error| {'n/a' if err is None else f'{err:.3f}'} over {g['predicted_evaluations']} predicted evaluations"
+        )
     b = s.get("best")
     if b:
         mt = b["metrics"]
