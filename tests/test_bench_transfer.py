@@ -185,3 +185,46 @@ def test_search_with_ground_truth_writes_regret(setup, tmp_path, capsys):
     assert main(["search", "--config", str(setup["config"]), "--dataset", "thick", "--lookup", str(setup["tables"]), "--ground-truth", str(partial), "--budget", "2", "--out", str(bad)]) == 2
     assert not bad.exists()
     assert "--ground-truth" in capsys.readouterr().err
+
+
+def test_train_with_ground_truth_reports_regret(setup, tmp_path, capsys):
+    """memrl train --lookup: regret/<dataset> per evaluation and the policy's rank among all masks, from the tables."""
+    from memrl.cli import main
+    from memrl.reporting.records import EvaluationLog
+
+    mod = _module()
+    env = mod.BS.load_env(setup["config"])
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    ev = LookupEvaluator.from_dir(setup["tables"])
+    truth = {d: mod.BS.ground_truth(ev, env, d) for d in DATASETS}
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "env": {**yaml.safe_load(setup["config"].read_text())["env"]},
+                "ppo": {"n_steps": 4, "batch_size": 4, "n_epochs": 2},
+                "train": {"total_timesteps": 8, "seed": 1, "checkpoint_every": 8, "random_masks": 1, "optuna": False, "final_pictures": False, "heldout_datasets": ["thick"]},
+            }
+        )
+    )
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--out", str(run), "--lookup", str(setup["tables"]), "--no-progress", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = EvaluationLog.read(run / "evaluations.csv")
+    best = max(float(r["reward"]) for r in rows)
+    assert summary["regret"] == {"inverted": pytest.approx(truth["inverted"]["r_max"] - best)}
+    got = _scalars(run / "tb" / "memrl")
+    assert [s for s, _ in got["regret/inverted"]] == [int(r["step"]) for r in rows]
+    assert got["regret/inverted"][-1][1] == pytest.approx(truth["inverted"]["r_max"] - best, abs=1e-4)
+    pe = json.loads((run / "policy_eval.json").read_text())
+    for d in DATASETS:
+        t, c = truth[d], pe[d]
+        assert c["policy_rank"] == mod.rank_of(t, c["policy_reward"]) and c["masks"] == 2 ** setup["n"]
+        assert c["policy_regret"] == pytest.approx(t["r_max"] - c["policy_reward"])
+    # --ground-truth naming tables that hold none of the run's datasets is refused before the run folder exists
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = tmp_path / "bad"
+    assert main(["train", "--config", str(cfg), "--out", str(bad), "--ground-truth", str(empty), "--lookup", str(setup["tables"])]) == 2
+    assert not bad.exists() and "ground_truth" in capsys.readouterr().err

@@ -32,7 +32,7 @@ class EvaluationRecordCallback(BaseCallback):
     not evaluated and is left out (:class:`SurrogateCallback` counts it).
     """
 
-    def __init__(self, run_dir: Path, log: EvaluationLog, writer, units: list[str], mem_metric: str, history: dict | None = None, optuna=None) -> None:  # noqa: ANN001
+    def __init__(self, run_dir: Path, log: EvaluationLog, writer, units: list[str], mem_metric: str, history: dict | None = None, optuna=None, ground_truth=None) -> None:  # noqa: ANN001
         super().__init__()
         self.optuna = optuna  # a memrl.reporting.optuna_store.OptunaStore, or None
         self.run_dir = Path(run_dir)
@@ -40,7 +40,7 @@ class EvaluationRecordCallback(BaseCallback):
         self.writer = writer
         self.units = list(units)
         self.mem_metric = mem_metric
-        self.board = EvaluationBoard(writer, self.units, mem_metric, log.rows, history)
+        self.board = EvaluationBoard(writer, self.units, mem_metric, log.rows, history, ground_truth=ground_truth)
         self.history = self.board.history
 
     def _on_step(self) -> bool:

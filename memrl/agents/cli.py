@@ -43,6 +43,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "run's preset, eval_overrides and seed (checked first); RUN/lookup.json records them and --resume reuses them. "
         "No final pictures; not with --dry-run",
     )
+    p.add_argument(
+        "--ground-truth",
+        default=None,
+        metavar="DIR",
+        help="lookup tables holding every mask for some of the run's datasets (e.g. experiments/results/exhaustive): TensorBoard "
+        "shows the best-so-far regret per evaluation on those datasets (regret/<dataset>, regret/mean) and policy_eval.json the "
+        "policy mask's regret and rank; default: the --lookup tables; like --set train.ground_truth=DIR",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print the summary (or the --dry-run report) as one JSON object instead of text")
     p.set_defaults(func=_cmd_train)
@@ -98,6 +106,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         _resume_sets(args, sets)
         if args.report_to:
             raise MemrlError("--resume cannot take --report-to: a resumed run keeps the trackers saved in its config.yaml")
+        if args.ground_truth:
+            raise MemrlError("--resume cannot take --ground-truth: a resumed run keeps train.ground_truth saved in its config.yaml")
     cfg = TrainConfig.load(args.config) if args.config else None
     if args.resume:
         _check_resume_matches(args, cfg)
@@ -108,7 +118,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if cfg is not None and not args.resume:
         cfg = apply_sets(cfg, sets, source="--set")
         flat = flatten_sets(sets)
-        for flag, key, value in (("--pretrained", "env.pretrained", args.pretrained), ("--total-timesteps", "train.total_timesteps", args.total_timesteps), ("--report-to", "train.report_to", args.report_to)):
+        for flag, key, value in (
+            ("--pretrained", "env.pretrained", args.pretrained),
+            ("--total-timesteps", "train.total_timesteps", args.total_timesteps),
+            ("--report-to", "train.report_to", args.report_to),
+            ("--ground-truth", "train.ground_truth", args.ground_truth),
+        ):
             if value is None:
                 continue
             if key in flat and flat[key] != value:

@@ -111,6 +111,10 @@ class TrainSettings:
     wandb_project: str = "memrl"
     #: Dyna-style training with a learned reward model (:class:`SurrogateSettings`).
     surrogate: SurrogateSettings = field(default_factory=SurrogateSettings)
+    #: Lookup tables holding every mask for some of the run's datasets (exhaustive tables):
+    #: TensorBoard shows the best-so-far regret per evaluation on those datasets, and the summary
+    #: and ``policy_eval.json`` the policy's regret and rank. ``None``: the ``--lookup`` tables.
+    ground_truth: str | None = None
 
     def __post_init__(self) -> None:
         where = "train config"

@@ -225,6 +225,7 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     evaluator = None
     if lookup is not None and not resume and cfg is not None:  # refuse tables that cannot answer the run before its folder exists
         evaluator = lookup_evaluator(lookup, cfg)
+    book = ground_truth_book(cfg, lookup, evaluator) if cfg is not None and not resume else None  # checked before the run folder exists
     cfg = prepare_run(cfg, run, resume, total_timesteps)
     if resume:  # the saved config's trackers
         check_available(cfg.train.report_to)
@@ -239,6 +240,8 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
         echo(f"answering every evaluation from the lookup tables in {lookup} (nothing is fine-tuned)")
         if not (run / LOOKUP_RECORD).is_file():
             write_json_atomic(run / LOOKUP_RECORD, lookup_record(lookup, evaluator))
+    if resume:
+        book = ground_truth_book(cfg, lookup, evaluator)
     units = list(evaluator.units)
     basis_path = run / "descriptor.json"
     if basis_path.is_file():
@@ -291,7 +294,7 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     if cfg.train.optuna:
         store = OptunaStore(cfg.train.optuna_storage or default_storage(run), units, _methods(env_cfg), mem_metric)
         store.sync(log.rows)  # a resumed run's log was cut back to its checkpoint: so is the record
-    record = EvaluationRecordCallback(run, log, writer, units, mem_metric, history, optuna=store)
+    record = EvaluationRecordCallback(run, log, writer, units, mem_metric, history, optuna=store, ground_truth=book)
     checkpoints = ResumableCheckpointCallback(run, cfg.train.checkpoint_every, log, record)
     callbacks = [record, checkpoints]
     if dyna is not None:
@@ -307,7 +310,7 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     ok = log.ok_rows()
     front = write_pareto(run / "pareto.csv", ok, mem_metric) if ok else []
     best = write_best(run / "best_mask.json", log, units)
-    comparison = compare_policy(model, env_cfg, evaluator, basis, cfg.train.heldout_datasets, cfg.train.random_masks, cfg.train.seed, progress)
+    comparison = compare_policy(model, env_cfg, evaluator, basis, cfg.train.heldout_datasets, cfg.train.random_masks, cfg.train.seed, progress, ground_truth=book)
     write_json_atomic(run / "policy_eval.json", comparison)
     if cfg.train.final_pictures and best is not None:
         if lookup is None:
@@ -331,8 +334,34 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
         summary["lookup"] = lookup_record(lookup, evaluator)
     if dyna is not None:
         summary["surrogate"] = surrogate_summary(dyna, int(model.num_timesteps), len(log.rows), sur.max_real)
+    if book is not None:
+        summary["regret"] = record.board.regrets()  # the best evaluation's regret per dataset with ground truth
     echo(format_summary(summary))
     return summary
+
+
+def ground_truth_book(cfg: TrainConfig, lookup: str | Path | None, evaluator=None):  # noqa: ANN001, ANN201
+    """The run's ground truth (:class:`memrl.evaluation.ground_truth.GroundTruthBook`) or ``None``:
+    ``train.ground_truth``'s tables, else the ``--lookup`` ones. An explicit folder must hold every
+    mask for at least one training or held-out dataset (one clear error otherwise)."""
+    from memrl.evaluation.ground_truth import GroundTruthBook
+
+    env = cfg.env
+    given = cfg.train.ground_truth
+    source = given or lookup
+    if source is None:
+        return None
+    if given and not Path(given).is_dir():
+        raise MemrlError(f"train.ground_truth {given}: not a folder of lookup tables (*.jsonl)")
+    tables = evaluator if not given and evaluator is not None and getattr(evaluator, "coverage", None) is not None else source
+    book = GroundTruthBook.from_tables(tables, env.eval_config(), env.method, env.methods, env.lr_scales, env.seed, env.resolved_failure_reward())
+    names = list(env.datasets) + [d for d in cfg.train.heldout_datasets if d not in env.datasets]
+    if given and not any(book(d) is not None for d in names):
+        raise MemrlError(
+            f"train.ground_truth {given}: the tables hold every mask for none of the run's datasets ({', '.join(names)}) with its settings "
+            f"(method {env.method}, preset {env.preset}, seed {env.seed}); make one with memrl search --optimizer exhaustive"
+        )
+    return book
 
 
 def surrogate_summary(dyna, env_steps: int, real_steps: int, max_real: int | None = None) -> dict:  # noqa: ANN001
@@ -353,14 +382,16 @@ def evaluator_mem_metric(env_cfg: EnvConfig) -> str:
     return env_cfg.reward.get("mem_metric", "nn_own_rate")
 
 
-def compare_policy(model, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis, heldout: list[str], k_random: int, seed: int, progress: bool = False) -> dict:  # noqa: ANN001
+def compare_policy(model, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis, heldout: list[str], k_random: int, seed: int, progress: bool = False, ground_truth=None) -> dict:  # noqa: ANN001
     """The policy's deterministic mask vs ``k_random`` uniformly random masks, per dataset.
 
     Random masks (uniform, without replacement) are distinct in what they train, not merely
     in their bits: two masks that differ only in units where the method trains nothing are one.
 
     Rewards come from the same evaluation code and cache as training. Held-out datasets were never
-    seen during training: the policy only gets their descriptor.
+    seen during training: the policy only gets their descriptor. With ``ground_truth`` (a callable
+    ``dataset -> GroundTruth | None``), a dataset that has it also gets the policy mask's regret and
+    rank among every mask (on the run's evaluation seed).
     """
     from memrl.envs.mask_selection import MaskSelectionEnv
     from memrl.peft_masking import Mask
@@ -404,6 +435,10 @@ def compare_policy(model, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis,
             "full_finetune_fid": (info.get("reference") or {}).get("fid"),
             "full_finetune_nn_own_rate": (info.get("reference") or {}).get("nn_own_rate"),
         }
+        gt = ground_truth(name) if ground_truth is not None else None
+        if gt is not None:  # the policy's mask against every mask (on the run's evaluation seed)
+            r = float(rewards[-1])
+            out[name].update({"policy_regret": gt.regret(r), "policy_rank": gt.rank(r), "masks": gt.n, "optimum": gt.r_max, "optimum_masks": gt.optimum})
     return out
 
 
@@ -437,10 +472,13 @@ def format_summary(s: dict) -> str:
     if b:
         mt = b["metrics"]
         lines.append(f"best: {b['method']} on {b['dataset']} units [{', '.join(b['mask_units']) or 'none'}] reward {mt['reward']:.3f} FID {mt['fid']:.2f} nn_own_rate {mt['nn_own_rate']:.3f}")
+    if s.get("regret"):
+        lines.append("best-so-far regret (ground truth): " + ", ".join(f"{d} {r:.3f}" for d, r in s["regret"].items()))
     lines.append(f"{'dataset':<12}{'held-out':>9}{'policy reward':>15}{'random mean':>13}{'random std':>12}  policy mask")
     for d, c in s["policy_vs_random"].items():
         rm = c["random_reward_mean"]
-        lines.append(f"{d:<12}{str(c['heldout']):>9}{c['policy_reward']:>15.3f}{(rm if rm is not None else float('nan')):>13.3f}{(c['random_reward_std'] or 0):>12.3f}  {c['policy_mask']}")
+        rank = f"  (rank {c['policy_rank']} of {c['masks']}, regret {c['policy_regret']:.3f})" if "policy_rank" in c else ""
+        lines.append(f"{d:<12}{str(c['heldout']):>9}{c['policy_reward']:>15.3f}{(rm if rm is not None else float('nan')):>13.3f}{(c['random_reward_std'] or 0):>12.3f}  {c['policy_mask']}{rank}")
     return "\n".join(lines)
 
 
