@@ -225,7 +225,7 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     evaluator = None
     if lookup is not None and not resume and cfg is not None:  # refuse tables that cannot answer the run before its folder exists
         evaluator = lookup_evaluator(lookup, cfg)
-    book = ground_truth_book(cfg, lookup, evaluator) if cfg is not None and not resume else None  # checked before the run folder exists
+    book = ground_truth_book(cfg, lookup) if cfg is not None and not resume else None  # checked before the run folder exists
     cfg = prepare_run(cfg, run, resume, total_timesteps)
     if resume:  # the saved config's trackers
         check_available(cfg.train.report_to)
@@ -241,7 +241,7 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
         if not (run / LOOKUP_RECORD).is_file():
             write_json_atomic(run / LOOKUP_RECORD, lookup_record(lookup, evaluator))
     if resume:
-        book = ground_truth_book(cfg, lookup, evaluator)
+        book = ground_truth_book(cfg, lookup)
     units = list(evaluator.units)
     basis_path = run / "descriptor.json"
     if basis_path.is_file():
@@ -340,7 +340,7 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     return summary
 
 
-def ground_truth_book(cfg: TrainConfig, lookup: str | Path | None, evaluator=None):  # noqa: ANN001, ANN201
+def ground_truth_book(cfg: TrainConfig, lookup: str | Path | None):  # noqa: ANN201
     """The run's ground truth (:class:`memrl.evaluation.ground_truth.GroundTruthBook`) or ``None``:
     ``train.ground_truth``'s tables, else the ``--lookup`` ones. An explicit folder must hold every
     mask for at least one training or held-out dataset (one clear error otherwise)."""
@@ -353,8 +353,8 @@ def ground_truth_book(cfg: TrainConfig, lookup: str | Path | None, evaluator=Non
         return None
     if given and not Path(given).is_dir():
         raise MemrlError(f"train.ground_truth {given}: not a folder of lookup tables (*.jsonl)")
-    tables = evaluator if not given and evaluator is not None and getattr(evaluator, "coverage", None) is not None else source
-    book = GroundTruthBook.from_tables(tables, env.eval_config(), env.method, env.methods, env.lr_scales, env.seed, env.resolved_failure_reward())
+    # its own reader of the tables: the run's evaluator counts its answers
+    book = GroundTruthBook.from_tables(Path(source), env.eval_config(), env.method, env.methods, env.lr_scales, env.seed, env.resolved_failure_reward())
     names = list(env.datasets) + [d for d in cfg.train.heldout_datasets if d not in env.datasets]
     if given and not any(book(d) is not None for d in names):
         raise MemrlError(

@@ -243,7 +243,7 @@ def warm_start_summary(study, best_row: dict | None) -> dict | None:  # noqa: AN
 
 
 # ---------------------------------------------------------------------------------------- ground truth
-def ground_truth_book(cfg: SearchConfig, ev: MaskEvaluator, dataset: str):  # noqa: ANN201
+def ground_truth_book(cfg: SearchConfig, dataset: str):  # noqa: ANN201
     """The run's ground truth (:class:`memrl.evaluation.ground_truth.GroundTruthBook`) or ``None``:
     ``search.ground_truth``'s tables (refused when they lack a mask for ``dataset``), else the
     ``lookup`` tables when they hold every mask."""
@@ -256,8 +256,8 @@ def ground_truth_book(cfg: SearchConfig, ev: MaskEvaluator, dataset: str):  # no
         return None
     if given and not Path(given).is_dir():
         raise MemrlError(f"--ground-truth {given}: not a folder of lookup tables (*.jsonl)")
-    tables = ev if not given and getattr(ev, "coverage", None) is not None else source
-    book = GroundTruthBook.from_tables(tables, env.eval_config(), env.method, env.methods, env.lr_scales, env.seed, env.resolved_failure_reward())
+    # its own reader of the tables: the run's evaluator counts its answers
+    book = GroundTruthBook.from_tables(Path(source), env.eval_config(), env.method, env.methods, env.lr_scales, env.seed, env.resolved_failure_reward())
     if book(dataset) is None:
         if given:
             raise MemrlError(
@@ -310,7 +310,7 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
         return action_to_params(action_at(k, dims), units, env.methods, env.lr_scales)
 
     warm = [] if resume else warm_start_trials(cfg, ev, data, optimizer, total, proposals)
-    book = ground_truth_book(cfg, ev, dataset)
+    book = ground_truth_book(cfg, dataset)
 
     state = _load_state(run) if resume else {}
     sampler = state.get("sampler") or optimizer.make(cfg.search.seed, params_at, total)
