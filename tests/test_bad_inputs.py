@@ -466,9 +466,12 @@ def test_valid_config_files_still_load():
     from memrl.agents.config import TrainConfig
 
     root = Path(__file__).resolve().parents[1] / "experiments"
-    for name in ("digits.yaml", "agent.yaml"):
+    for name in ("digits.yaml", "agent.yaml", "amortised.yaml"):
         cfg = TrainConfig.load(root / name)
         assert cfg.env.eval_config().reward.lam == 1.0
+    amortised = TrainConfig.load(root / "amortised.yaml")
+    assert amortised.train.surrogate.enabled and len(amortised.env.datasets) >= 12
+    assert all(d.startswith("family:") and int(d.split(":")[1]) < 64 for d in amortised.env.datasets)  # training members only
 
 
 # ---------------------------------------------------------------------- 9. reward weights
