@@ -349,13 +349,10 @@ class DynaWrapper(gym.Wrapper):
 
     def advance(self, bits: np.ndarray, last: Sequence[float]) -> tuple[np.ndarray, int]:
         """Move the env one step without evaluating, the way ``MaskSelectionEnv.step`` does after
-        an evaluation: step count + 1, the proposal's bits, ``last + [t / horizon]``. Returns the
-        new observation and step count. (The one place that writes the env's step state.)"""
+        an evaluation (:meth:`MaskSelectionEnv.advance`). Returns the new observation and step count."""
         base = self.env.unwrapped
-        base._t += 1
-        base._mask = np.asarray(bits, dtype=np.float32)
-        base._last = np.asarray([*last, base._t / base.config.horizon], dtype=np.float32)
-        return base._obs(), base._t
+        obs = base.advance(bits, last)
+        return obs, base._t
 
     # ------------------------------------------------------------------ resume
     def restore(self, rows: Sequence[dict]) -> int:

@@ -162,24 +162,31 @@ class MaskSelectionEnv(gym.Env):
     def step(self, action):  # noqa: ANN001, ANN201
         bits, method, lr = self.decode(action)
         data = self._dataset(self.dataset_name)
-        self._t += 1
-        self._mask = bits.astype(np.float32)
         reward, info = evaluate_proposal(
             self.evaluator, data, self.dataset_name, bits, method, lr, self.eval_config, self.config.seed, self.failure_reward
         )
-        info["step_in_episode"] = self._t
         if info["failed"]:
-            self._last = np.array([0, 0, 0, reward, self._t / self.config.horizon], dtype=np.float32)
-            return self._obs(), reward, True, False, info
+            obs = self.advance(bits, [0, 0, 0, reward])
+            info["step_in_episode"] = self._t
+            return obs, reward, True, False, info
         if not self.config.info_runtime:
             for k in RUNTIME_INFO:
                 info.pop(k, None)
-        self._last = np.array(
-            [info["fid_norm"], info["mem_norm"], info["trainable_fraction"], reward, self._t / self.config.horizon],
-            dtype=np.float32,
-        )
+        obs = self.advance(bits, [info["fid_norm"], info["mem_norm"], info["trainable_fraction"], reward])
+        info["step_in_episode"] = self._t
         terminated = self._t >= self.config.horizon
-        return self._obs(), reward, terminated, False, info
+        return obs, reward, terminated, False, info
+
+    def advance(self, bits, last) -> np.ndarray:  # noqa: ANN001
+        """Move the episode one step with proposal ``bits`` and the step's metrics ``last``
+        (FID / FID_ref, MEM / MEM_ref, trainable fraction, reward): the step count grows by one,
+        the observation shows the proposal and those metrics. ``step`` calls it after an
+        evaluation; a wrapper that answers a step without evaluating (the learned reward model of
+        :mod:`memrl.agents.dyna`) calls it too, so both leave the env in the same state."""
+        self._t += 1
+        self._mask = np.asarray(bits, dtype=np.float32)
+        self._last = np.asarray([*last, self._t / self.config.horizon], dtype=np.float32)
+        return self._obs()
 
     # ------------------------------------------------------------------ checkpoint support
     def get_state(self) -> dict:
