@@ -1,7 +1,7 @@
 """Search baselines on the ground-truth tables: best-so-far reward against evaluations.
 
     python experiments/bench_search.py [--tables experiments/results/exhaustive] [--datasets family:80 ...]
-        [--seeds 10] [--budget 64] [--optimizers ppo tpe nsga2 random] [--config experiments/exhaustive.yaml]
+        [--seeds 10] [--budget 64] [--optimizers ppo ppo+surrogate tpe nsga2 random] [--config experiments/exhaustive.yaml]
         [--out-dir experiments/results] [--markdown FILE] [--fresh]
 
 On every dataset whose lookup table (``TABLES/*.jsonl``, written by ``exhaustive_tables.py``)
@@ -16,6 +16,9 @@ with ``--budget`` proposals, every one answered by the table (nothing is fine-tu
   (:data:`memrl.agents.config.DEFAULT_PPO`: rollouts of 8, batch 8, 10 epochs, lr 3e-3, gamma 0,
   entropy 0.01, a 64-64 MLP), ``total_timesteps`` = budget, ``train.seed`` = ``s``, no held-out
   datasets, no random-mask comparison, no final pictures.
+* ``ppo+surrogate``: the same with the learned reward model (``train.surrogate``, :data:`SURROGATE`):
+  proposals the model deems not promising are answered by it instead of the table, so they cost no
+  evaluation; the run stops after ``budget`` distinct real evaluations.
 
 Each run's ``evaluations.csv`` gives its proposals in order. Cost is counted in *distinct masks
 evaluated* (the units actually trained): a re-proposed mask is a cache hit and costs no
@@ -51,13 +54,16 @@ from pathlib import Path
 
 import numpy as np
 
-OPTIMIZERS = ("ppo", "tpe", "nsga2", "random")
+OPTIMIZERS = ("ppo", "ppo+surrogate", "tpe", "nsga2", "random")
+#: ``ppo+surrogate``'s reward model (``train.surrogate``): the first fit after 8 real evaluations;
+#: training stops after ``budget`` distinct real evaluations (env steps: up to 8 x the budget).
+SURROGATE = {"enabled": True, "min_real": 8, "kappa": 1.0, "refit_every": 4}
 #: A score this close to the optimum counts as found.
 WITHIN = 0.98
 #: Evaluation counts the table reports the mean normalised best-so-far at (those within the budget).
 CHECKPOINTS = (8, 16, 32)
-COLORS = {"ppo": "tab:red", "tpe": "tab:blue", "nsga2": "tab:green", "random": "tab:gray"}
-STYLES = {"ppo": "-", "tpe": "--", "nsga2": "-.", "random": ":"}
+COLORS = {"ppo": "tab:red", "ppo+surrogate": "tab:purple", "tpe": "tab:blue", "nsga2": "tab:green", "random": "tab:gray"}
+STYLES = {"ppo": "-", "ppo+surrogate": "-", "tpe": "--", "nsga2": "-.", "random": ":"}
 RESULTS_NAME = "bench_search"
 
 
@@ -157,14 +163,22 @@ def run_search(env, tables: Path, dataset: str, optimizer: str, seed: int, budge
     return _rows(folder)
 
 
-def run_ppo(env, tables: Path, dataset: str, seed: int, budget: int, folder: Path) -> list[dict]:  # noqa: ANN001
-    """One PPO run from scratch on ``dataset`` (``memrl train --lookup TABLES``); its evaluations in order."""
+def run_ppo(env, tables: Path, dataset: str, seed: int, budget: int, folder: Path, surrogate: bool = False) -> list[dict]:  # noqa: ANN001
+    """One PPO run from scratch on ``dataset`` (``memrl train --lookup TABLES``); its evaluations in order.
+
+    ``surrogate``: with the learned reward model (:data:`SURROGATE`; evaluations.csv then holds the
+    real evaluations only, and training stops after ``budget`` distinct ones)."""
     from memrl.agents.config import TrainConfig, TrainSettings
     from memrl.agents.train import train
     from memrl.envs.config import EnvConfig
 
     e = EnvConfig.from_dict({**env.to_dict(), "datasets": [dataset], "cache": None})
     settings = TrainSettings(total_timesteps=budget, seed=seed, checkpoint_every=budget, heldout_datasets=[], random_masks=0, final_pictures=False, optuna=False)
+    if surrogate:
+        settings = TrainSettings(
+            total_timesteps=8 * budget, seed=seed, checkpoint_every=8 * budget, heldout_datasets=[], random_masks=0, final_pictures=False, optuna=False,
+            surrogate={**SURROGATE, "max_real": budget},
+        )  # fmt: skip
     train(TrainConfig(env=e, ppo=ppo_settings(budget), train=settings), folder, progress=False, echo=lambda _s: None, lookup=tables)
     return _rows(folder)[:budget]  # PPO collects whole rollouts
 
@@ -180,8 +194,8 @@ def one_run(env, tables: Path, dataset: str, optimizer: str, seed: int, budget: 
         folder = Path(tmp) / "run"
         quiet = io.StringIO()
         with contextlib.redirect_stdout(quiet):  # SB3 / Optuna chatter; the summary is printed below
-            if optimizer == "ppo":
-                return run_ppo(env, tables, dataset, seed, budget, folder)
+            if optimizer in ("ppo", "ppo+surrogate"):
+                return run_ppo(env, tables, dataset, seed, budget, folder, surrogate=optimizer == "ppo+surrogate")
             return run_search(env, tables, dataset, optimizer, seed, budget, folder)
 
 
@@ -367,6 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         for opt in args.optimizers:
             for s in range(args.seeds):
                 key = f"{d}|{opt}|seed{s}|budget{args.budget}|table{truth['signature']}|cfg{cfg_sig}"
+                if opt == "ppo+surrogate":
+                    key += "|surrogate" + hashlib.sha256(json.dumps(SURROGATE, sort_keys=True).encode()).hexdigest()[:8]
                 rows = None if args.fresh or key not in old else old[key]["rows"]
                 if rows is None:
                     t1 = time.time()
