@@ -7,14 +7,19 @@ real images of the same domain (the reference set for FID/KID). ``CaptionedImage
 such set as a tensor in the model's pixel range [-1, 1]; ``DatasetSplits`` pairs the two.
 
 Built-in variants of the embedded digits (:mod:`memrl.data.digits`) and user data
-(:mod:`memrl.data.loaders`: an image folder with captions, or a CSV of path + caption) all
+(:mod:`memrl.data.loaders`: an image folder with captions, or a sheet of image + caption) all
 resolve to ``DatasetSplits``, so the rest of the package never cares where images came from.
+
+User data also records where each image came from (``CaptionedImages.sources``) and, when the
+user gives a memorization sheet, which training images the memorization probe uses
+(``DatasetSplits.memorization``). Neither changes the fingerprint of a dataset without a
+memorization sheet: cached evaluations and lookup tables are keyed by it.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -23,11 +28,16 @@ import torch
 
 @dataclass
 class CaptionedImages:
-    """Images (``N x C x H x W`` float32 in [-1, 1]) with one caption each."""
+    """Images (``N x C x H x W`` float32 in [-1, 1]) with one caption each.
+
+    ``sources`` (user data only): per image, the resolved file it was read from (or the sheet row
+    of an embedded picture), used to match a memorization sheet; not part of the fingerprint.
+    """
 
     images: torch.Tensor
     captions: list[str]
     name: str = "dataset"
+    sources: list[str] | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.images.ndim != 4:
@@ -36,13 +46,16 @@ class CaptionedImages:
             raise ValueError(
                 f"{self.name}: {self.images.shape[0]} images but {len(self.captions)} captions"
             )
+        if self.sources is not None and len(self.sources) != len(self.captions):
+            raise ValueError(f"{self.name}: {len(self.captions)} images but {len(self.sources)} sources")
 
     def __len__(self) -> int:
         return len(self.captions)
 
     def subset(self, indices: Sequence[int], name: str | None = None) -> "CaptionedImages":
         idx = [int(i) for i in indices]
-        return CaptionedImages(self.images[idx].clone(), [self.captions[i] for i in idx], name or self.name)
+        sources = [self.sources[i] for i in idx] if self.sources is not None else None
+        return CaptionedImages(self.images[idx].clone(), [self.captions[i] for i in idx], name or self.name, sources)
 
     def fingerprint(self) -> str:
         """Content hash of images and captions: identical data gives an identical key (cache keys)."""
@@ -56,14 +69,36 @@ class CaptionedImages:
 
 @dataclass
 class DatasetSplits:
-    """A fine-tuning dataset: the private ``train`` split and ``heldout`` real images (FID reference)."""
+    """A fine-tuning dataset: the private ``train`` split and ``heldout`` real images (FID reference).
+
+    ``memorization``: the training indices the memorization probe uses, in order, when the user
+    named them in a memorization sheet (``None``: the probe picks its own, see
+    :func:`memrl.training.finetune.memorization_indices`).
+    """
 
     name: str
     train: CaptionedImages
     heldout: CaptionedImages
+    memorization: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.memorization is not None:
+            self.memorization = tuple(int(i) for i in self.memorization)
+            bad = [i for i in self.memorization if not 0 <= i < len(self.train)]
+            if bad or len(set(self.memorization)) != len(self.memorization):
+                raise ValueError(f"{self.name}: memorization indices must be distinct training indices (0..{len(self.train) - 1}), got {list(self.memorization)}")
 
     def fingerprint(self) -> str:
-        return hashlib.sha256((self.train.fingerprint() + self.heldout.fingerprint()).encode()).hexdigest()[:16]
+        """Content key: train + held-out images and captions, and the memorization set when given.
+
+        Without a memorization sheet this is the key every cached evaluation was stored under;
+        with one it differs, since the probe (and so every memorization metric) differs.
+        """
+        key = hashlib.sha256((self.train.fingerprint() + self.heldout.fingerprint()).encode()).hexdigest()[:16]
+        if self.memorization is None:
+            return key
+        mem = ",".join(str(i) for i in self.memorization)
+        return hashlib.sha256(f"{key}|memorization:{mem}".encode()).hexdigest()[:16]
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

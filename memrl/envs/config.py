@@ -42,6 +42,15 @@ class EnvConfig:
     #: cache hit), which Gymnasium's determinism check rejects. ``memrl train`` turns it on for
     #: its evaluation log.
     info_runtime: bool = False
+    #: Column names of user datasets given as sheets (CSV / JSON lines / parquet, or an image
+    #: folder's metadata file), e.g. MIMIC-CXR's ``impression`` and ``path``. ``None``: the
+    #: recognised names (see :mod:`memrl.data.sheets`). Built-in and family datasets ignore them.
+    caption_column: str | None = None
+    image_column: str | None = None
+    split_column: str | None = None
+    #: Memorization sheet per dataset (``{dataset spec: sheet of training images}``): the probe
+    #: uses those images, in that order. Keys must be in ``datasets``.
+    mem_sheets: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Check types first (a YAML ``horizon: "2"`` or ``datasets: inverted`` is one clear line),
@@ -61,6 +70,13 @@ class EnvConfig:
                 raise ConfigError(where, f"unknown method {m!r}; valid: {', '.join(METHODS)}")
         if any(not s > 0 for s in self.lr_scales):
             raise ConfigError(where, f"'lr_scales' must be positive, got {self.lr_scales}")
+        for name in ("caption_column", "image_column", "split_column"):
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                raise ConfigError(where, f"{name!r} must be a column name, got {value!r}; leave it out for the recognised names")
+        stray = sorted(k for k in self.mem_sheets if k not in self.datasets)
+        if stray:
+            raise ConfigError(where, f"'mem_sheets' names {', '.join(map(repr, stray))}, not in 'datasets' ({', '.join(self.datasets)})")
         if self.preset not in PRESETS:
             raise ConfigError(where, f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
         self.eval_config()  # checks eval_overrides and reward key by key
@@ -108,6 +124,15 @@ class EnvConfig:
                 "or a failed step could beat a real one"
             )
         return float(self.failure_reward)
+
+    def dataset_options(self, spec: str) -> dict:
+        """Keyword arguments of :func:`memrl.data.loaders.load_dataset` for the dataset ``spec``."""
+        return {
+            "caption_column": self.caption_column,
+            "image_column": self.image_column,
+            "split_column": self.split_column,
+            "mem_sheet": self.mem_sheets.get(spec),
+        }
 
     def with_(self, **kw) -> "EnvConfig":
         return replace(self, **kw)

@@ -29,7 +29,11 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the method's tuned default)")
     p.add_argument("--seed", type=int, default=0, help="seed for fine-tuning, sampling and metrics")
     p.add_argument("--preset", default="default", choices=list(PRESETS), help="budget: default (~1 min on 2 cores), search (~20 s, the agent's training budget) or quick (seconds)")
-    p.add_argument("--dataset", default="inverted", help="built-in variant name, image folder or CSV of path + caption (default: inverted)")
+    p.add_argument("--dataset", default="inverted", help="built-in variant name, family:N, image folder (metadata.csv/jsonl, .txt captions, or train/ + test/ split folders) or sheet of image path + caption (.csv, .jsonl, .parquet with pyarrow) (default: inverted)")
+    p.add_argument("--caption-column", default=None, metavar="NAME", help="the sheet's caption column, e.g. impression (default: the first of caption, text, report, prompt)")
+    p.add_argument("--image-column", default=None, metavar="NAME", help="the sheet's image-path column, paths relative to the sheet's folder (default: the first of path, file_name, image, filename)")
+    p.add_argument("--split-column", default=None, metavar="NAME", help="the sheet's split column: train, or heldout/test/validation for the FID reference (default: a column named split, if any; without one a seeded 30%% is held out)")
+    p.add_argument("--mem-sheet", default=None, metavar="FILE", help="sheet (.csv, .jsonl, .parquet) of training images to use as the memorization set, in its order (same image column as the dataset; a caption column, if present, must match)")
     p.add_argument("--pretrained", "--model", dest="pretrained", default=DEFAULT_MODEL, help=f"pretrained model folder (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, help="folder for the sample grid and the nearest-neighbour picture (and result.json)")
     p.add_argument("--cache", default=None, help="SQLite cache file for the reference run (full fine-tuning, computed once per dataset and budget; default: inside --out, OUT/evaluations.sqlite). Share one file between evaluations to compute the reference once")
@@ -75,8 +79,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise MemrlError(f"--out {out} is a file; give a folder")
     ev = Evaluator(args.pretrained, device=device, granularity=args.granularity)
-    data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels)
+    data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels, **dataset_options(args))
     ev.check_data(data)
+    check_mem_sheet(data, cfg, args.mem_sheet)
     if args.lr is not None and not args.lr > 0:
         raise MemrlError(f"--lr must be positive, got {args.lr}")
     cfg.with_method(args.method, args.lr, args.seed).finetune.resolved_lr()  # the method has a learning rate
@@ -99,6 +104,38 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"memrl: warning: {w}", file=sys.stderr)
     print(json.dumps(result))
     return 0
+
+
+def dataset_options(args: argparse.Namespace) -> dict:
+    """The ``load_dataset`` keyword options of ``--caption-column``, ``--image-column``,
+    ``--split-column`` and ``--mem-sheet`` (absent flags: the defaults)."""
+    return {
+        "caption_column": getattr(args, "caption_column", None),
+        "image_column": getattr(args, "image_column", None),
+        "split_column": getattr(args, "split_column", None),
+        "mem_sheet": getattr(args, "mem_sheet", None),
+    }
+
+
+def check_mem_sheet(data, cfg, mem_sheet) -> None:  # noqa: ANN001
+    """Refuse ``--mem-sheet`` unless fine-tuning really probes the sheet's images.
+
+    Asks :func:`memrl.training.finetune.training_set` (cheap: no model) which memorization set it
+    would use for ``data`` and ``cfg``: a sheet the fine-tune ignored would report metrics of
+    another probe under the sheet's name.
+    """
+    if data.memorization is None:
+        return
+    from memrl.errors import MemrlError
+    from memrl.training.finetune import training_set
+
+    _, used = training_set(data, cfg.finetune)
+    sheet = list(data.memorization)
+    if not used or list(used) != sheet[: len(used)]:
+        raise MemrlError(
+            f"--mem-sheet {mem_sheet}: fine-tuning in this version does not use a memorization sheet "
+            "(memrl.training.finetune.training_set picks the probe itself); leave out --mem-sheet"
+        )
 
 
 #: ``finetune`` fields ``memrl evaluate`` sets from its own flags (``EvalConfig.with_method`` and
