@@ -7,6 +7,8 @@ quick model (the ``memrl evaluate`` flags end to end).
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib.util
 import json
 import sys
@@ -424,7 +426,7 @@ def test_mem_sheet_caption_mismatch_missing_file_and_builtin(tmp_path):
         load_dataset("inverted", 16, 1, mem_sheet=tmp_path / "mem.csv")
 
 
-def test_the_probe_never_silently_ignores_a_mem_sheet(tmp_path):
+def test_the_probe_never_silently_ignores_a_mem_sheet(tmp_path, monkeypatch):
     """``memrl evaluate --mem-sheet`` goes on only if fine-tuning probes exactly the sheet's images."""
     from memrl.evaluation import preset
     from memrl.evaluation.cli import check_mem_sheet
@@ -434,12 +436,21 @@ def test_the_probe_never_silently_ignores_a_mem_sheet(tmp_path):
     _csv(tmp_path / "mem.csv", "path", ["i/p4.png", "i/p1.png"])
     ds = load_dataset(sheet, 8, 1, mem_sheet=tmp_path / "mem.csv")
     cfg = preset("quick")
-    used = training_set(ds, cfg.finetune)[1]
-    if list(used) == [4, 1][: len(used)] and used:
-        check_mem_sheet(ds, cfg, "mem.csv")  # wired: accepted
-    else:
-        with pytest.raises(MemrlError, match=r"--mem-sheet mem\.csv: fine-tuning in this version does not use a memorization sheet"):
-            check_mem_sheet(ds, cfg, "mem.csv")
+    train, used = training_set(ds, cfg.finetune)
+    assert list(used) == [4, 1]  # the sheet's images, in its order (it holds fewer than n_mem)
+    assert sum(c == ds.train.captions[4] for c in train.captions) >= cfg.finetune.n_repeats  # and they are repeated in training
+    check_mem_sheet(ds, cfg, "mem.csv")  # accepted
+    one = dataclasses.replace(cfg, finetune=dataclasses.replace(cfg.finetune, n_mem=1))
+    assert training_set(ds, one.finetune)[1] == [4]  # n_mem cuts the sheet to its first rows
+    # a fine-tune that probed other images would be refused, not silently reported under the sheet's name
+    import memrl.training.finetune as ft
+
+    def ignores_sheet(data, c):  # noqa: ANN001, ANN202
+        return train, ft.memorization_indices(data.train, c.n_mem)
+
+    monkeypatch.setattr(ft, "training_set", ignores_sheet)
+    with pytest.raises(MemrlError, match=r"--mem-sheet mem\.csv: fine-tuning in this version does not use a memorization sheet"):
+        check_mem_sheet(ds, cfg, "mem.csv")
     check_mem_sheet(load_dataset(sheet, 8, 1), cfg, None)  # no sheet: nothing to check
 
 
@@ -521,3 +532,42 @@ def test_evaluate_missing_user_column_through_the_cli(capsys, tmp_path, quick_mo
     assert len(err) == 1 and err[0].startswith("memrl: error:"), err
     assert "s.csv" in err[0] and "'impression'" in err[0] and "found: path, findings" in err[0]
     assert not out.exists()
+
+
+def test_env_and_search_read_datasets_with_the_configs_columns(tmp_path, monkeypatch):
+    """env.caption_column / image_column reach every dataset load of the env (train, replay) and of memrl search."""
+    from types import SimpleNamespace
+
+    from memrl.envs.config import EnvConfig
+    from memrl.envs.mask_selection import MaskSelectionEnv
+
+    sheet = _mimic(tmp_path)
+    cfg = EnvConfig(datasets=[str(sheet)], caption_column="impression", image_column="path")
+    env = SimpleNamespace(_data={}, evaluator=SimpleNamespace(image_size=8, image_channels=1), config=cfg)
+    ds = MaskSelectionEnv._dataset(env, str(sheet))
+    assert ds.train.captions == ["impression 0", "impression 1", "impression 3", "impression 5"]  # not the distractor 'text' column
+    plain = SimpleNamespace(_data={}, evaluator=env.evaluator, config=EnvConfig(datasets=[str(sheet)]))
+    assert MaskSelectionEnv._dataset(plain, str(sheet)).train.captions[0] == "other 0"  # today's recognised name: 'text'
+
+    import memrl.data.loaders as loaders
+    from memrl.search.config import SearchConfig, SearchSettings
+    from memrl.search.run import search
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def spy(spec, *a, **kw):  # noqa: ANN001, ANN202
+        seen.update(kw)
+        raise Stop
+
+    class Ev:
+        units = ("a", "b")
+        image_size, image_channels = 8, 1
+
+    monkeypatch.setattr(loaders, "load_dataset", spy)
+    with pytest.raises(Stop):
+        search(SearchConfig(env=cfg, search=SearchSettings(optimizer="random", budget=1)), tmp_path / "run", evaluator=Ev(), progress=False, echo=lambda _s: None)
+    assert seen["caption_column"] == "impression" and seen["image_column"] == "path"
+    assert not (tmp_path / "run").exists()

@@ -77,7 +77,7 @@ def dry_run(cfg: TrainConfig, out: str | Path | None = None, resume: bool = Fals
         data, datasets = {}, []
         for name in [*env_cfg.datasets, *heldout]:
             say(f"checking dataset {name}")
-            d = load_dataset(name, m.image_size, m.image_channels)
+            d = load_dataset(name, m.image_size, m.image_channels, **env_cfg.dataset_options(name))
             ev.check_data(d)
             data[name] = d
             datasets.append({"name": name, "role": "held-out" if name in heldout else "train", "train_images": len(d.train), "heldout_images": len(d.heldout), "image_shape": list(d.image_shape)})

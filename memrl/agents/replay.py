@@ -146,7 +146,7 @@ def replay(
     out = Path(out)
     evaluator = Evaluator(pretrained or env_cfg.pretrained, device=device, granularity=env_cfg.granularity)
     tp.check_fits(evaluator)
-    data = load_dataset(dataset, evaluator.image_size, evaluator.image_channels)
+    data = load_dataset(dataset, evaluator.image_size, evaluator.image_channels, **env_cfg.dataset_options(dataset))
     evaluator.check_data(data)
     search_cfg = None
     if budget:

@@ -168,7 +168,7 @@ def lookup_evaluator(lookup: str | Path, cfg: TrainConfig):  # noqa: ANN201
     methods = list(env_cfg.methods) or [env_cfg.method]
     gaps = []
     for name in list(env_cfg.datasets) + [d for d in cfg.train.heldout_datasets if d not in env_cfg.datasets]:
-        data = load_dataset(name, ev.image_size, ev.image_channels)
+        data = load_dataset(name, ev.image_size, ev.image_channels, **env_cfg.dataset_options(name))
         try:
             ev.check_data(data)
         except MemrlError as exc:
@@ -252,7 +252,7 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
         if lookup is not None:
             evaluator.require_feature_net()
         basis = DescriptorBasis.fit(
-            evaluator.feature_net, [load_dataset(d, evaluator.image_size, evaluator.image_channels) for d in env_cfg.datasets], env_cfg.descriptor_components
+            evaluator.feature_net, [load_dataset(d, evaluator.image_size, evaluator.image_channels, **env_cfg.dataset_options(d)) for d in env_cfg.datasets], env_cfg.descriptor_components
         )
         basis.save(basis_path)
 
@@ -447,7 +447,7 @@ def _best_pictures(evaluator, env_cfg: EnvConfig, best: dict, out: Path, writer,
     from PIL import Image
 
     from memrl.data.loaders import load_dataset
-    data = load_dataset(best["dataset"], evaluator.image_size, evaluator.image_channels)
+    data = load_dataset(best["dataset"], evaluator.image_size, evaluator.image_channels, **env_cfg.dataset_options(best["dataset"]))
     lr = best["lr"] if isinstance(best["lr"], float) else None
     evaluator.evaluate(data, best["method"], best["mask_bits"], env_cfg.eval_config(), lr=lr, seed=env_cfg.seed, out_dir=out)
     for name, tag in (("samples.png", "best/samples"), ("nearest_neighbours.png", "best/nearest_neighbours")):

@@ -121,7 +121,7 @@ class MaskSelectionEnv(gym.Env):
         if spec not in self._data:
             from memrl.data.loaders import load_dataset
 
-            self._data[spec] = load_dataset(spec, self.evaluator.image_size, self.evaluator.image_channels)
+            self._data[spec] = load_dataset(spec, self.evaluator.image_size, self.evaluator.image_channels, **self.config.dataset_options(spec))
         return self._data[spec]
 
     def descriptor(self, spec: str) -> np.ndarray:

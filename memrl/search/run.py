@@ -298,7 +298,7 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
     ev = evaluator if evaluator is not None else build_evaluator(cfg)
     units = list(ev.units)
     methods = cfg.methods()
-    data = load_dataset(dataset, ev.image_size, ev.image_channels)
+    data = load_dataset(dataset, ev.image_size, ev.image_channels, **env.dataset_options(dataset))
     ev.check_data(data)
     for m in methods:
         eval_cfg.with_method(m, None, env.seed).finetune.resolved_lr()  # every method has a learning rate

@@ -153,10 +153,19 @@ def probe_groups(captions: list[str], index: list[int]) -> list[tuple[int, ...]]
 
 
 def training_set(data: DatasetSplits, cfg: FinetuneConfig) -> tuple[CaptionedImages, list[int]]:
-    """``data_size_ratio`` of the non-memorization images (seeded by ``data_seed``) + memorization set x ``n_repeats``."""
+    """``data_size_ratio`` of the non-memorization images (seeded by ``data_seed``) + memorization set x ``n_repeats``.
+
+    The memorization set is the dataset's own (``data.memorization``, from a memorization sheet:
+    its first ``n_mem`` images, in the sheet's order) when it has one, else
+    :func:`memorization_indices`."""
     if not 0.0 <= cfg.data_size_ratio <= 1.0:
         raise MemrlError(f"data_size_ratio must be in [0, 1], got {cfg.data_size_ratio}")
-    mem = memorization_indices(data.train, cfg.n_mem) if cfg.n_mem > 0 else []
+    if cfg.n_mem <= 0:
+        mem: list[int] = []
+    elif getattr(data, "memorization", None):
+        mem = [int(i) for i in data.memorization][: cfg.n_mem]
+    else:
+        mem = memorization_indices(data.train, cfg.n_mem)
     rest = [i for i in range(len(data.train)) if i not in set(mem)]
     k = int(round(cfg.data_size_ratio * len(rest)))
     chosen = sorted(np.random.RandomState(cfg.data_seed).permutation(rest)[:k].tolist())
