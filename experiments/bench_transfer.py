@@ -403,9 +403,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     lines.append(f"- few-shot: tpe+policy median {BS._fmt_q(q_warm, args.budget)} vs tpe {BS._fmt_q(q_tpe, args.budget)} evaluations to within 2% -> {'met' if q_warm[0] < q_tpe[0] and not q_warm[1] else 'not met'}")
     saved = q_tpe[0] - q_warm[0]
     cost_txt = ", ".join(f"{Path(k).parent.name}: {v}" for k, v in costs.items())
-    if saved > 0 and not q_tpe[1] and not q_warm[1]:
-        pays = float(np.mean(list(costs.values()))) / saved
-        lines.append(f"- cost: training spent {cost_txt} real evaluations; the warm start saves {saved:.1f} per new dataset, so training pays for itself after {pays:.0f} new datasets")
+    mean_cost = float(np.mean(list(costs.values())))
+    if q_warm[1]:  # the warm start's median is itself only a lower bound: no saving can be claimed
+        lines.append(f"- cost: training spent {cost_txt} real evaluations; the warm start's median is not known within the budget, so no saving per new dataset can be claimed")
+    elif saved > 0:
+        at_least = "at least " if q_tpe[1] else ""  # TPE's median is a lower bound: the saving is at least this
+        pays = mean_cost / saved
+        lines.append(
+            f"- cost: training spent {cost_txt} real evaluations; the warm start saves {at_least}{saved:.1f} per new dataset (median evaluations to within 2%), "
+            f"so training pays for itself after {'at most ' if q_tpe[1] else ''}{pays:.0f} new datasets"
+        )
     else:
         lines.append(f"- cost: training spent {cost_txt} real evaluations; the warm start saves none per new dataset here, so training does not pay for itself on this measure")
     lines.append("")

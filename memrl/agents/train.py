@@ -473,7 +473,7 @@ def format_summary(s: dict) -> str:
         mt = b["metrics"]
         lines.append(f"best: {b['method']} on {b['dataset']} units [{', '.join(b['mask_units']) or 'none'}] reward {mt['reward']:.3f} FID {mt['fid']:.2f} nn_own_rate {mt['nn_own_rate']:.3f}")
     if s.get("regret"):
-        lines.append("best-so-far regret (ground truth): " + ", ".join(f"{d} {r:.3f}" for d, r in s["regret"].items()))
+        lines.append("best-so-far regret (ground truth): " + ", ".join(f"{d} {r + 0.0:.3f}" for d, r in s["regret"].items()))
     lines.append(f"{'dataset':<12}{'held-out':>9}{'policy reward':>15}{'random mean':>13}{'random std':>12}  policy mask")
     for d, c in s["policy_vs_random"].items():
         rm = c["random_reward_mean"]

@@ -819,8 +819,14 @@ USER_FORMATS: tuple[dict, ...] = (
     {
         "name": "image folder + metadata",
         "spec": "DIR",
-        "description": "images with DIR/metadata.csv or DIR/metadata.jsonl: columns file_name and text (or caption), "
-        "optional split (train / heldout)",
+        "description": "images with DIR/metadata.csv or DIR/metadata.jsonl: file_name and a caption column (text, caption, "
+        "or any name with --caption-column / env.caption_column), optional split (train; heldout / test / validation)",
+    },
+    {
+        "name": "imagefolder split folders",
+        "spec": "DIR",
+        "description": "DIR/train/ and DIR/test/ (or validation/), each with its own metadata file (the Hugging Face imagefolder "
+        "layout); test/ is the held-out set",
     },
     {
         "name": "image folder + .txt captions",
@@ -828,10 +834,17 @@ USER_FORMATS: tuple[dict, ...] = (
         "description": "each image with a caption file of the same stem (a.png + a.txt)",
     },
     {
-        "name": "CSV sheet",
-        "spec": "FILE.csv",
-        "description": "one row per image: path (or file_name / image) and caption (or text / report), paths relative "
-        "to the CSV's folder, optional split (MIMIC-CXR style)",
+        "name": "sheet",
+        "spec": "FILE.csv | FILE.jsonl | FILE.parquet",
+        "description": "one row per image: an image path column (path / file_name / image, or --image-column) and a caption "
+        "column (caption / text / report, or --caption-column, e.g. MIMIC-CXR's impression), paths relative to the sheet, "
+        "optional split column; .parquet needs pip install pyarrow",
+    },
+    {
+        "name": "memorization sheet",
+        "spec": "--mem-sheet FILE / env.mem_sheets",
+        "description": "training images (same image column) that form the memorization probe, in order; each must be in the "
+        "training split",
     },
 )
 
