@@ -356,7 +356,7 @@ def test_datasets_lists_builtins_and_formats(capsys, monkeypatch):
     rc, out, err = run_cli(capsys, "datasets", "--json")
     listing = json.loads(out)
     assert [d["name"] for d in listing["builtin"]] == builtin_names() and all(d["description"] for d in listing["builtin"])
-    assert "family" not in listing and len(listing["formats"]) == 3
+    assert "family" not in listing and len(listing["formats"]) == 5 and any("parquet" in f["spec"] for f in listing["formats"])
 
     family = types.ModuleType("memrl.data.family")
     family.RANGES = {"train": (0, 800), "validation": (800, 900), "test": (900, 1000)}

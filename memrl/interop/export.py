@@ -834,7 +834,7 @@ USER_FORMATS: tuple[dict, ...] = (
         "description": "each image with a caption file of the same stem (a.png + a.txt)",
     },
     {
-        "name": "sheet",
+        "name": "CSV, JSONL or parquet sheet",
         "spec": "FILE.csv | FILE.jsonl | FILE.parquet",
         "description": "one row per image: an image path column (path / file_name / image, or --image-column) and a caption "
         "column (caption / text / report, or --caption-column, e.g. MIMIC-CXR's impression), paths relative to the sheet, "
