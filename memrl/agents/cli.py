@@ -44,6 +44,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "No final pictures; not with --dry-run",
     )
     p.add_argument(
+        "--device",
+        default=None,
+        help="torch device of the evaluations (fine-tuning, sampling, metrics): auto (cuda when available), cpu, cuda, cuda:1, ...; "
+        "overrides env.device (default cpu); the PPO policy itself is small and stays on the CPU",
+    )
+    p.add_argument(
         "--ground-truth",
         default=None,
         metavar="DIR",
@@ -108,6 +114,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise MemrlError("--resume cannot take --report-to: a resumed run keeps the trackers saved in its config.yaml")
         if args.ground_truth:
             raise MemrlError("--resume cannot take --ground-truth: a resumed run keeps train.ground_truth saved in its config.yaml")
+        if args.device:
+            raise MemrlError("--resume cannot take --device: a resumed run keeps env.device saved in its config.yaml (the device is part of every evaluation's cache key)")
     cfg = TrainConfig.load(args.config) if args.config else None
     if args.resume:
         _check_resume_matches(args, cfg)
@@ -123,6 +131,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             ("--total-timesteps", "train.total_timesteps", args.total_timesteps),
             ("--report-to", "train.report_to", args.report_to),
             ("--ground-truth", "train.ground_truth", args.ground_truth),
+            ("--device", "env.device", _device(args.device) if args.device else None),
         ):
             if value is None:
                 continue
