@@ -73,7 +73,7 @@ def load_fitted(ref: ImageRef | str | Path, size: int, channels: int, resize: st
     16-bit, float, CMYK, transparency composited on white); only non-square pictures differ, and
     only with ``resize="center-crop"``.
     """
-    from memrl.utils.images import DECODE_ERRORS, _model_mode
+    from memrl.utils.images import DECODE_ERRORS, _model_mode, chw_tensor
 
     if not isinstance(ref, ImageRef):
         ref = ImageRef(str(ref), Path(ref))
@@ -89,7 +89,4 @@ def load_fitted(ref: ImageRef | str | Path, size: int, channels: int, resize: st
             arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     except DECODE_ERRORS as exc:
         raise MemrlError(f"cannot read image {ref.label}: {str(exc) or type(exc).__name__}") from None
-    t = torch.from_numpy(arr)
-    if t.ndim == 2:  # grayscale (mode L, or a float picture in F)
-        return t[None] if channels == 1 else t[None].expand(3, -1, -1).contiguous()
-    return t.permute(2, 0, 1).contiguous()
+    return chw_tensor(arr, channels)

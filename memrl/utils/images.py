@@ -83,6 +83,12 @@ def load_image(path: str | Path, size: int, channels: int) -> torch.Tensor:
             arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
     except DECODE_ERRORS as exc:
         raise MemrlError(f"cannot read image {path}: {str(exc) or type(exc).__name__}") from None
+    return chw_tensor(arr, channels)
+
+
+def chw_tensor(arr: np.ndarray, channels: int) -> torch.Tensor:
+    """A decoded ``H x W`` (grayscale) or ``H x W x C`` array in [-1, 1] as a ``channels x H x W``
+    tensor (grayscale repeated to 3 channels when the model wants RGB)."""
     t = torch.from_numpy(arr)
     if t.ndim == 2:  # grayscale (mode L, or a float picture in F)
         return t[None] if channels == 1 else t[None].expand(3, -1, -1).contiguous()
