@@ -51,9 +51,23 @@ def epsilon_loss(
     Noise and timesteps come from ``generator`` on the CPU, so a seeded run repeats exactly and
     does not depend on the device.
     """
+    _, _, noise, pred = noised_prediction(unet, scheduler, latents, context, generator)
+    return F.mse_loss(pred.float(), noise.float())
+
+
+def noised_prediction(
+    unet: UNet2DConditionModel,
+    scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    context: torch.Tensor,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(noisy, t, noise, pred)``: the noise, then the timesteps, drawn from ``generator`` on the
+    CPU, the noised latents and the UNet's prediction: what :func:`epsilon_loss` and the
+    training-time filter of :mod:`memrl.training.mitigations` both compute their loss from."""
     b = latents.shape[0]
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=context).sample
-    return F.mse_loss(pred.float(), noise.float())
+    return noisy, t, noise, pred

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
 from memrl.errors import MemrlError
+from memrl.training.losses import noised_prediction
 
 #: Mixed into the fine-tune's seed for the random-word stream, so the words are reproducible and
 #: independent of (and do not shift) the batch, noise and caption-dropout draws.
@@ -138,18 +139,14 @@ def filtered_epsilon_loss(
 ) -> FilteredLoss:
     """:func:`memrl.training.losses.epsilon_loss` with the samples above ``threshold`` masked out.
 
-    The noise and timesteps are drawn from ``generator`` exactly as ``epsilon_loss`` draws them
-    (noise, then timesteps), and with every sample kept the loss is the very same ``mse_loss``
-    call, so a threshold above every magnitude trains bit-identically to no filter
+    The noise, timesteps and prediction come from the same
+    :func:`~memrl.training.losses.noised_prediction` as ``epsilon_loss``'s, and with every sample
+    kept the loss is the very same ``mse_loss`` call, so a threshold above every magnitude trains bit-identically to no filter
     (tests/test_mitigations.py checks it). Samples have equal size, so the MSE over the kept
     samples' elements is the mean of their per-sample losses. ``empty_context`` is the encoded
     ``""`` (one ``L x D`` row); a caption-dropped sample scores 0 and is always kept.
     """
-    b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
-    noisy = scheduler.add_noise(latents, noise, t)
-    pred = unet(noisy, t, encoder_hidden_states=context).sample
+    noisy, t, noise, pred = noised_prediction(unet, scheduler, latents, context, generator)
     magnitudes = guidance_magnitude(unet, noisy, t, pred, empty_context)
     kept = magnitudes <= threshold
     if bool(kept.all()):
