@@ -435,13 +435,17 @@ def main(argv: list[str] | None = None) -> int:
     panels = list(traces.items()) + ([(f"pooled ({len(traces)} datasets)", pooled)] if len(traces) > 1 else [])
     plot(panels, args.budget, png)
     lines.append(f"![best-so-far against distinct evaluations]({png.name})")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text)
-    print(f"wrote {png} and {raw_path} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    emit("\n".join(lines) + "\n", args.markdown, [png, raw_path], t0)
     return 0
+
+
+def emit(text: str, markdown: str | None, written: list[Path], t0: float) -> None:
+    """The report to stdout (and ``markdown``), then what else was written, to stderr."""
+    print(text)
+    if markdown:
+        Path(markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(markdown).write_text(text)
+    print(f"wrote {' and '.join(str(p) for p in written)} ({time.time() - t0:.0f} s)", file=sys.stderr)
 
 
 def _command(argv: list[str] | None) -> str:

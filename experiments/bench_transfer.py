@@ -428,12 +428,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         panels.append((d, res["traces"], marks))
     plot(panels, args.budget, png)
     lines.append(f"![few-shot best-so-far against distinct evaluations; zero-shot and fixed masks at 1]({png.name})")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(text)
-    print(f"wrote {png} and {raw_path} ({time.time() - t0:.0f} s)", file=sys.stderr)
+    BS.emit("\n".join(lines) + "\n", args.markdown, [png, raw_path], t0)
     return 0
 
 

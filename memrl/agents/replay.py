@@ -42,13 +42,6 @@ DEFAULT_WARM_START_K = 4
 SEARCH_DIR = "search"
 
 
-def load_policy(policy: str | Path):  # noqa: ANN201
-    """(PPO model, TrainConfig, DescriptorBasis) of a ``policy.zip`` inside its run folder
-    (loaded and checked by :meth:`memrl.envs.policy.TrainedPolicy.load`)."""
-    tp = TrainedPolicy.load(policy)
-    return tp.model, TrainConfig.load(tp.path.parent / "config.yaml"), tp.basis
-
-
 def checked_count(value: Any, flag: str, minimum: int, what: str = "") -> int:
     """``value`` (an int, or the command line's text of one) as an int >= ``minimum``; else one
     :class:`MemrlError` naming ``flag`` (``what``: what the number counts, for the message)."""

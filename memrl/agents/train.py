@@ -354,7 +354,7 @@ def ground_truth_book(cfg: TrainConfig, lookup: str | Path | None):  # noqa: ANN
     if given and not Path(given).is_dir():
         raise MemrlError(f"train.ground_truth {given}: not a folder of lookup tables (*.jsonl)")
     # its own reader of the tables: the run's evaluator counts its answers
-    book = GroundTruthBook.from_tables(Path(source), env.eval_config(), env.method, env.methods, env.lr_scales, env.seed, env.resolved_failure_reward())
+    book = GroundTruthBook.for_env(Path(source), env)
     names = list(env.datasets) + [d for d in cfg.train.heldout_datasets if d not in env.datasets]
     if given and not any(book(d) is not None for d in names):
         raise MemrlError(

@@ -202,5 +202,11 @@ class GroundTruthBook:
 
         return cls(compute)
 
+    @classmethod
+    def for_env(cls, tables, env) -> "GroundTruthBook":  # noqa: ANN001
+        """:meth:`from_tables` with a run's env settings (an :class:`memrl.envs.config.EnvConfig`:
+        its evaluation config, method(s), lr scales, evaluation seed and failure reward)."""
+        return cls.from_tables(tables, env.eval_config(), env.method, env.methods, env.lr_scales, env.seed, env.resolved_failure_reward())
+
 
 __all__ = ["WITHIN", "GroundTruth", "GroundTruthBook", "ground_truth"]

@@ -257,7 +257,7 @@ def ground_truth_book(cfg: SearchConfig, dataset: str):  # noqa: ANN201
     if given and not Path(given).is_dir():
         raise MemrlError(f"--ground-truth {given}: not a folder of lookup tables (*.jsonl)")
     # its own reader of the tables: the run's evaluator counts its answers
-    book = GroundTruthBook.from_tables(Path(source), env.eval_config(), env.method, env.methods, env.lr_scales, env.seed, env.resolved_failure_reward())
+    book = GroundTruthBook.for_env(Path(source), env)
     if book(dataset) is None:
         if given:
             raise MemrlError(
