@@ -26,7 +26,7 @@ from memrl.evaluation.evaluator import KEY_FIELDS_OMITTED_AT_DEFAULT, build_requ
 from memrl.evaluation.lookup import read_table
 from memrl.models.pipeline import DiffusionModel
 from memrl.peft_masking import Mask, enumerate_units
-from memrl.training.finetune import MITIGATION_FIELDS, FinetuneConfig, finetune
+from memrl.training.finetune import MITIGATION_FIELDS, SCALE_FIELDS, FinetuneConfig, finetune
 from memrl.training.losses import epsilon_loss
 from memrl.training.mitigations import RandomWordAdder, add_random_words, caption_vocabulary, filtered_epsilon_loss
 from memrl.utils.config import apply_overrides
@@ -199,7 +199,7 @@ def test_default_options_keep_every_stored_cache_key():
         assert request_key(req) == row["key"]
     # every fine-tuning field the stored requests lack is one the key rule leaves out at its default
     missing = set(FinetuneConfig.__dataclass_fields__) - set(rows[0]["request"]["config"]["finetune"])
-    assert missing == set(KEY_FIELDS_OMITTED_AT_DEFAULT) == set(MITIGATION_FIELDS)
+    assert missing == set(KEY_FIELDS_OMITTED_AT_DEFAULT) == set(MITIGATION_FIELDS) | set(SCALE_FIELDS)
 
 
 @pytest.mark.parametrize("field, value", [("caption_random_words", 2), ("guidance_filter_threshold", 3.5)])

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from memrl.errors import MemrlError
 from memrl.metrics.names import MEM_METRICS  # re-exported: the reward's memorization choices
-from memrl.training.finetune import MITIGATION_FIELDS, FinetuneConfig
+from memrl.training.finetune import MITIGATION_FIELDS, SCALE_FIELDS, FinetuneConfig
 from memrl.utils.config import ConfigError, check_fields
 
 
@@ -88,8 +88,20 @@ class EvalConfig:
         scale (and one cached reference), and the base model, which is not fine-tuned, is one
         cache entry whatever the options say.
         """
+        return self._finetune_defaults(MITIGATION_FIELDS)
+
+    def without_scale_options(self) -> "EvalConfig":
+        """This config with mixed precision, gradient accumulation and checkpointing at their defaults.
+
+        For the base model, which is not fine-tuned: those options only change how training runs,
+        so the base stays one cache entry whatever they say. (The reference keeps them: a full
+        fine-tune of Stable Diffusion needs them as much as a masked one.)
+        """
+        return self._finetune_defaults(SCALE_FIELDS)
+
+    def _finetune_defaults(self, fields: tuple[str, ...]) -> "EvalConfig":
         defaults = FinetuneConfig()
-        off = {name: getattr(defaults, name) for name in MITIGATION_FIELDS}
+        off = {name: getattr(defaults, name) for name in fields}
         if all(getattr(self.finetune, k) == v for k, v in off.items()):
             return self
         return replace(self, finetune=replace(self.finetune, **off))

@@ -52,7 +52,13 @@ EVAL_VERSION = 3
 #: leaves each out while it is at its default, so a config that does not use them has exactly the
 #: request (and key) it had before they existed. Every fine-tuning field added later goes here,
 #: with a default that reproduces the old behaviour (tests/test_mitigations.py checks a stored key).
-KEY_FIELDS_OMITTED_AT_DEFAULT: tuple[str, ...] = ("caption_random_words", "guidance_filter_threshold")
+KEY_FIELDS_OMITTED_AT_DEFAULT: tuple[str, ...] = (
+    "caption_random_words",
+    "guidance_filter_threshold",
+    "mixed_precision",
+    "grad_accumulation",
+    "gradient_checkpointing",
+)
 
 
 @contextmanager
@@ -297,10 +303,10 @@ class Evaluator:
 
         Its ``nn_own_rate`` is the chance level: how often a generation's nearest training image
         is the probe's own one without ever having seen it (high when captions are class-level or
-        the digits look alike). The mitigation options are dropped: nothing is fine-tuned, so they
-        change nothing, and the base stays one cache entry.
+        the digits look alike). The mitigation and scale options are dropped: nothing is
+        fine-tuned, so they change nothing, and the base stays one cache entry.
         """
-        bcfg = cfg.without_mitigations().with_method("full", None, cfg.finetune.seed)
+        bcfg = cfg.without_mitigations().without_scale_options().with_method("full", None, cfg.finetune.seed)
         return self._cached_run(data, Mask.parse("none", self.units), bcfg, None, progress)
 
     def reference(self, data: DatasetSplits, cfg: EvalConfig, progress: bool = False) -> dict:

@@ -19,9 +19,11 @@ captions' encodings once per step when random words change the captions every dr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,7 +33,7 @@ from memrl.data.dataset import CaptionedImages, DatasetSplits
 from memrl.errors import MemrlError, NonFiniteError
 from memrl.models.pipeline import DiffusionModel
 from memrl.peft_masking import METHOD_REGISTRY, Mask, apply_peft, get_method
-from memrl.training.losses import epsilon_loss
+from memrl.training.losses import draw_noise, epsilon_loss
 from memrl.training.mitigations import RandomWordAdder, caption_vocabulary, filtered_epsilon_loss
 from memrl.utils.config import ConfigError
 
@@ -43,6 +45,13 @@ DEFAULT_LR: dict[str, float] = {name: spec.default_lr for name, spec in METHOD_R
 
 #: The :class:`FinetuneConfig` fields that switch a mitigation on (:mod:`memrl.training.mitigations`).
 MITIGATION_FIELDS: tuple[str, ...] = ("caption_random_words", "guidance_filter_threshold")
+
+#: ``FinetuneConfig.mixed_precision`` values: float32 throughout, or autocast to this dtype.
+MIXED_PRECISION: dict[str, torch.dtype | None] = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+#: The :class:`FinetuneConfig` fields that only trade memory or speed against the numbers (not
+#: what is learned): a GPU user sets them to fit SD-1.5's published batch of 128 on one device.
+SCALE_FIELDS: tuple[str, ...] = ("mixed_precision", "grad_accumulation", "gradient_checkpointing")
 
 
 @dataclass
@@ -67,6 +76,16 @@ class FinetuneConfig:
     caption_random_words: int = 0
     #: Wen et al. (ICLR 2024): samples whose ``||eps_c - eps_u||`` exceeds this are left out of the loss; None = off.
     guidance_filter_threshold: float | None = None
+    #: Autocast of the UNet's forward pass while training: ``"no"`` (float32), ``"bf16"`` (CPU or
+    #: GPU) or ``"fp16"`` (CUDA only, with a gradient scaler). The trained weights stay float32.
+    mixed_precision: str = "no"
+    #: Split each batch into this many micro-batches, one backward pass each, one optimizer step
+    #: per batch: the same samples, noise and timesteps as one pass (drawn for the whole batch
+    #: first), at a fraction of the activation memory. The result agrees with 1 up to float rounding.
+    grad_accumulation: int = 1
+    #: Recompute the UNet's activations in the backward pass (diffusers' gradient checkpointing):
+    #: less memory, more time, the same gradients.
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         # Only the mitigation options are checked here (the other fields are checked by whoever
@@ -77,6 +96,13 @@ class FinetuneConfig:
         t = self.guidance_filter_threshold
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float, np.floating, np.integer)) or not t > 0):
             raise ConfigError("finetune config", f"'guidance_filter_threshold' must be a number > 0 or null (off), got {t!r}")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ConfigError("finetune config", f"'mixed_precision' must be one of {', '.join(MIXED_PRECISION)}, got {self.mixed_precision!r}")
+        a = self.grad_accumulation
+        if isinstance(a, bool) or not isinstance(a, (int, np.integer)) or a < 1:
+            raise ConfigError("finetune config", f"'grad_accumulation' must be an integer >= 1 (1 = off), got {a!r}")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ConfigError("finetune config", f"'gradient_checkpointing' must be true or false, got {self.gradient_checkpointing!r}")
 
     def resolved_lr(self) -> float:
         """``lr``, or the method's default learning rate from the registry (MemrlError for an unknown method)."""
@@ -205,6 +231,10 @@ def finetune(
         threshold = cfg.guidance_filter_threshold
         opt = torch.optim.AdamW(peft.param_groups(cfg.weight_decay), lr=cfg.resolved_lr())
         params = [p for _, p in peft.trainable]
+        autocast = _autocast_for(cfg.mixed_precision, device)  # checks fp16 against the device first
+        scaler = torch.amp.GradScaler(device.type) if cfg.mixed_precision == "fp16" else None
+        if cfg.gradient_checkpointing:
+            model.unet.enable_gradient_checkpointing()
         model.unet.train()
         n = latents.shape[0]
         perm, pos = torch.randperm(n, generator=gen), 0
@@ -222,29 +252,55 @@ def finetune(
             drop = torch.rand(len(idx), generator=gen) < cfg.caption_dropout
             ctx = torch.where(drop[:, None, None].to(ctx.device), empty.expand_as(ctx), ctx)
             seen += len(idx)
-            if threshold is None:
-                loss = epsilon_loss(model.unet, model.scheduler, latents[idx], ctx, gen)
-            else:
-                step = filtered_epsilon_loss(model.unet, model.scheduler, latents[idx], ctx, empty, gen, threshold)
-                filtered += step.n_filtered
-                if step.loss is None:  # every sample filtered: nothing to learn from this batch
-                    skipped += 1
-                    continue
-                loss = step.loss
-            if not torch.isfinite(loss):
-                # stop before a NaN reaches the weights, the samples and the metric kernels (some of
-                # which abort the process on NaN input): the step is recorded as failed instead
-                bar.close()
-                raise NonFiniteError(
-                    f"fine-tune diverged: {cfg.method} loss is {float(loss.detach())} at step {len(losses) + skipped + 1} "
-                    f"of {cfg.steps} (lr {cfg.resolved_lr():g}); lower the learning rate"
-                )
+            batch = latents[idx]
+            # one micro-batch is the whole batch (the path every stored evaluation took); with
+            # grad_accumulation > 1 the batch's noise and timesteps are drawn first, then split
+            draws = draw_noise(batch, model.scheduler, gen) if cfg.grad_accumulation > 1 else None
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss, weight = 0.0, 0
+            for part in _micro_batches(len(idx), cfg.grad_accumulation):
+                part_draws = None if draws is None else (draws[0][part], draws[1][part])
+                with autocast():
+                    if threshold is None:
+                        loss = epsilon_loss(model.unet, model.scheduler, batch[part], ctx[part], gen, part_draws)
+                        kept = len(range(len(idx))[part])
+                    else:
+                        step = filtered_epsilon_loss(model.unet, model.scheduler, batch[part], ctx[part], empty, gen, threshold, part_draws)
+                        filtered += step.n_filtered
+                        if step.loss is None:  # every sample filtered: nothing to learn from this part
+                            continue
+                        loss, kept = step.loss, int(step.kept.sum())
+                if not torch.isfinite(loss):
+                    # stop before a NaN reaches the weights, the samples and the metric kernels (some of
+                    # which abort the process on NaN input): the step is recorded as failed instead
+                    bar.close()
+                    raise NonFiniteError(
+                        f"fine-tune diverged: {cfg.method} loss is {float(loss.detach())} at step {len(losses) + skipped + 1} "
+                        f"of {cfg.steps} (lr {cfg.resolved_lr():g}); lower the learning rate"
+                    )
+                # micro-batches are weighted by their kept samples, so the update is the batch mean's
+                scaled = loss if draws is None else loss * kept
+                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                step_loss, weight = step_loss + float(loss.detach()) * kept, weight + kept
+            if weight == 0:  # every sample filtered: no update from this batch
+                skipped += 1
+                continue
+            if scaler is not None:
+                scaler.unscale_(opt)
+            if draws is not None:
+                for p in params:
+                    if p.grad is not None:
+                        p.grad.div_(weight)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            losses.append(float(loss.detach()))
+            if scaler is not None:
+                scaler.step(opt)  # skips the update when fp16 gradients overflowed
+                scaler.update()
+            else:
+                opt.step()
+            losses.append(float(loss.detach()) if draws is None else step_loss / weight)
         bar.close()
+        if cfg.gradient_checkpointing:
+            model.unet.disable_gradient_checkpointing()
         # a last update can still overflow the weights (the next loss would have shown it)
         if not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
             raise NonFiniteError(
@@ -254,3 +310,23 @@ def finetune(
     model.eval()
     model.requires_grad_(False)
     return FinetuneResult(model, peft, mem_set, mem, len(train), losses, time.time() - t0, seen, filtered, skipped)
+
+
+def _micro_batches(n: int, parts: int) -> list[slice]:
+    """``parts`` contiguous slices covering ``range(n)`` (sizes differ by at most one); fewer when ``n < parts``."""
+    parts = max(1, min(parts, n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+def _autocast_for(mixed_precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of fresh autocast contexts for ``mixed_precision`` on ``device`` (no-ops for ``"no"``)."""
+    dtype = MIXED_PRECISION[mixed_precision]
+    if dtype is None:
+        return contextlib.nullcontext
+    if dtype == torch.float16 and device.type != "cuda":
+        raise MemrlError(
+            f"finetune.mixed_precision fp16 needs a CUDA device, the model is on {device.type}: "
+            "use bf16 there, or 'no'"
+        )
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)

@@ -44,15 +44,25 @@ def epsilon_loss(
     scheduler: DDPMScheduler,
     latents: torch.Tensor,
     context: torch.Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
+    draws: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """MSE between the true noise and the UNet's prediction at uniformly drawn timesteps.
 
     Noise and timesteps come from ``generator`` on the CPU, so a seeded run repeats exactly and
-    does not depend on the device.
+    does not depend on the device; ``draws`` passes them in instead (see :func:`draw_noise`).
     """
-    _, _, noise, pred = noised_prediction(unet, scheduler, latents, context, generator)
+    _, _, noise, pred = noised_prediction(unet, scheduler, latents, context, generator, draws)
     return F.mse_loss(pred.float(), noise.float())
+
+
+def draw_noise(latents: torch.Tensor, scheduler: DDPMScheduler, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(noise, t)`` for a batch of ``latents``, drawn from ``generator`` on the CPU in the order
+    :func:`noised_prediction` draws them: gradient accumulation draws a whole batch once and then
+    splits it into micro-batches, so the split does not change what is drawn."""
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=generator).to(latents.device)
+    return noise, t
 
 
 def noised_prediction(
@@ -60,14 +70,14 @@ def noised_prediction(
     scheduler: DDPMScheduler,
     latents: torch.Tensor,
     context: torch.Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
+    draws: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(noisy, t, noise, pred)``: the noise, then the timesteps, drawn from ``generator`` on the
-    CPU, the noised latents and the UNet's prediction: what :func:`epsilon_loss` and the
-    training-time filter of :mod:`memrl.training.mitigations` both compute their loss from."""
-    b = latents.shape[0]
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(latents.device)
+    CPU (or given as ``draws``), the noised latents and the UNet's prediction: what
+    :func:`epsilon_loss` and the training-time filter of :mod:`memrl.training.mitigations` both
+    compute their loss from."""
+    noise, t = draws if draws is not None else draw_noise(latents, scheduler, generator)
     noisy = scheduler.add_noise(latents, noise, t)
     pred = unet(noisy, t, encoder_hidden_states=context).sample
     return noisy, t, noise, pred

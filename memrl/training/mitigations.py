@@ -134,8 +134,9 @@ def filtered_epsilon_loss(
     latents: torch.Tensor,
     context: torch.Tensor,
     empty_context: torch.Tensor,
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     threshold: float,
+    draws: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> FilteredLoss:
     """:func:`memrl.training.losses.epsilon_loss` with the samples above ``threshold`` masked out.
 
@@ -146,7 +147,7 @@ def filtered_epsilon_loss(
     samples' elements is the mean of their per-sample losses. ``empty_context`` is the encoded
     ``""`` (one ``L x D`` row); a caption-dropped sample scores 0 and is always kept.
     """
-    noisy, t, noise, pred = noised_prediction(unet, scheduler, latents, context, generator)
+    noisy, t, noise, pred = noised_prediction(unet, scheduler, latents, context, generator, draws)
     magnitudes = guidance_magnitude(unet, noisy, t, pred, empty_context)
     kept = magnitudes <= threshold
     if bool(kept.all()):
