@@ -6,13 +6,25 @@ Saved and loaded as a diffusers-style folder, safetensors only::
     unet/                 UNet2DConditionModel.save_pretrained
     text_encoder/         CLIPTextModel.save_pretrained
     tokenizer/            memrl word-level tokenizer, or a CLIP tokenizer (Stable Diffusion)
-    scheduler/            DDPMScheduler config
+    scheduler/            a diffusers scheduler config (DDPM for memrl's models; SD ships PNDM or DDIM)
     vae/                  optional: present for latent models (Stable Diffusion); absent for pixel models
     feature_net/          optional: memrl's offline feature network (FID / nearest neighbours)
 
 The loader takes any such folder, so a local Stable Diffusion folder has the same entry point:
 with a ``vae/`` the model works in latent space (images are encoded before training and decoded
-after sampling). That path is a seam, exercised by tests with a tiny random VAE only.
+after sampling). Tests exercise that path with :mod:`memrl.models.tiny_sd` (a random pipeline with
+SD 1.5's layout and a CLIP tokenizer), not with real SD weights.
+
+Schedulers: training adds noise with a ``DDPMScheduler`` built from the folder's scheduler config
+(PNDM, DDIM and DDPM share its beta schedule and ``add_noise``); sampling derives DDIM from it.
+The folder's own scheduler (its class and config) is kept only to be written back on save, so a
+saved Stable Diffusion folder loads in diffusers with the scheduler it came with. A latent model's
+config without ``clip_sample`` (PNDM has none) gets ``clip_sample=False``: clipping the predicted
+sample to [-1, 1] is meant for pixels, not VAE latents.
+
+A folder with a ``vae/`` and a transformers tokenizer is saved with a ``StableDiffusionPipeline``
+``model_index.json`` (no safety checker, no feature extractor), so
+``StableDiffusionPipeline.from_pretrained`` loads it.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, SchedulerMixin, UNet2DConditionModel
 from transformers import CLIPTextModel
 
 from memrl.errors import MemrlError
@@ -31,6 +43,15 @@ from memrl.models.tokenizer import CONFIG_NAME as WORD_TOKENIZER_CONFIG
 from memrl.models.tokenizer import WordTokenizer
 
 REQUIRED = ("unet", "text_encoder", "tokenizer", "scheduler")
+#: ``model_index.json`` entries that make a latent model with a CLIP tokenizer a diffusers
+#: ``StableDiffusionPipeline`` folder (no safety checker: memrl's models are research models).
+SD_INDEX = {
+    "_class_name": "StableDiffusionPipeline",
+    "safety_checker": [None, None],
+    "feature_extractor": [None, None],
+    "image_encoder": [None, None],
+    "requires_safety_checker": False,
+}
 
 
 class _HFTokenizer:
@@ -57,6 +78,23 @@ def _load_tokenizer(folder: Path):  # noqa: ANN202
     return _HFTokenizer(AutoTokenizer.from_pretrained(str(folder), local_files_only=True))
 
 
+def _load_schedulers(folder: Path, latent: bool) -> tuple[DDPMScheduler, SchedulerMixin | None]:
+    """``(DDPM for training and sampling, the folder's own scheduler or None when it is DDPM)``.
+
+    A latent model's config without ``clip_sample`` gets ``clip_sample=False`` (module docstring).
+    """
+    import diffusers
+
+    config = dict(DDPMScheduler.load_config(folder, local_files_only=True))
+    if latent and "clip_sample" not in config:
+        config["clip_sample"] = False
+    scheduler = DDPMScheduler.from_config(config)
+    own = getattr(diffusers, str(config.get("_class_name", "")), None)
+    if own is None or own is DDPMScheduler or not (isinstance(own, type) and issubclass(own, SchedulerMixin)):
+        return scheduler, None
+    return scheduler, own.from_config(config)
+
+
 class DiffusionModel(torch.nn.Module):
     """A text-conditional diffusion model as plain modules, with seeded DDIM sampling."""
 
@@ -67,13 +105,17 @@ class DiffusionModel(torch.nn.Module):
         tokenizer,  # noqa: ANN001  WordTokenizer or _HFTokenizer
         scheduler: DDPMScheduler,
         vae: AutoencoderKL | None = None,
+        saved_scheduler: SchedulerMixin | None = None,
     ) -> None:
+        """``scheduler``: what training and sampling use; ``saved_scheduler``: what
+        :meth:`save_pretrained` writes (default: ``scheduler``), e.g. SD's PNDM."""
         super().__init__()
         self.unet = unet
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.scheduler = scheduler
         self.vae = vae
+        self.saved_scheduler = saved_scheduler
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -181,17 +223,22 @@ class DiffusionModel(torch.nn.Module):
         self.unet.save_pretrained(folder / "unet", safe_serialization=True)
         self.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
         self.tokenizer.save_pretrained(folder / "tokenizer")
-        self.scheduler.save_pretrained(folder / "scheduler")
+        scheduler = self.saved_scheduler if self.saved_scheduler is not None else self.scheduler
+        scheduler.save_pretrained(folder / "scheduler")
         if self.vae is not None:
             self.vae.save_pretrained(folder / "vae", safe_serialization=True)
         index = {
             "_class_name": "MemrlDiffusionModel",
             "unet": ["diffusers", "UNet2DConditionModel"],
             "text_encoder": ["transformers", type(self.text_encoder).__name__],
-            "tokenizer": ["memrl", "WordTokenizer"] if isinstance(self.tokenizer, WordTokenizer) else ["transformers", "AutoTokenizer"],
-            "scheduler": ["diffusers", type(self.scheduler).__name__],
+            "tokenizer": ["memrl", "WordTokenizer"] if isinstance(self.tokenizer, WordTokenizer) else ["transformers", type(self.tokenizer.tok).__name__],
+            "scheduler": ["diffusers", type(scheduler).__name__],
             "vae": ["diffusers", "AutoencoderKL"] if self.vae is not None else [None, None],
         }
+        if self.vae is not None and isinstance(self.tokenizer, _HFTokenizer):  # a Stable Diffusion folder
+            import diffusers
+
+            index.update(SD_INDEX, _diffusers_version=diffusers.__version__)
         index.update(extra_index or {})
         (folder / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
 
@@ -212,13 +259,13 @@ class DiffusionModel(torch.nn.Module):
                 warnings.simplefilter("ignore")
                 unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True, torch_dtype=dtype)
                 text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
-                scheduler = DDPMScheduler.from_pretrained(folder / "scheduler", local_files_only=True)
                 vae = None
                 if (folder / "vae").is_dir():
                     vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True, torch_dtype=dtype)
+                scheduler, saved_scheduler = _load_schedulers(folder / "scheduler", latent=vae is not None)
             tokenizer = _load_tokenizer(folder / "tokenizer")
         except (OSError, ValueError, KeyError, FileNotFoundError) as exc:
             raise MemrlError(f"cannot load model folder {folder}: {str(exc).splitlines()[0]}") from None
-        model = cls(unet, text_encoder, tokenizer, scheduler, vae).to(device)
+        model = cls(unet, text_encoder, tokenizer, scheduler, vae, saved_scheduler).to(device)
         model.requires_grad_(False)
         return model.eval()
