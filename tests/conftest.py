@@ -18,3 +18,29 @@ def quick_model_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("models") / "quick"
     metrics = pretrain(PretrainConfig.quick(seed=0), out, progress=False)
     return out, metrics
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """The URL of a throwaway PostgreSQL server (tests/postgres_server.py), or a skip saying why
+    none can be started here (no server binaries, no psycopg2)."""
+    import postgres_server
+
+    reason = postgres_server.unavailable()
+    if reason:
+        pytest.skip(reason)
+    url, stop = postgres_server.start()
+    yield url
+    stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def cache_location(request, tmp_path):
+    """A fresh, empty evaluation cache location of each backend: an SQLite file, and a new
+    database on the test PostgreSQL server (skipped where none can be started)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "c.sqlite")
+    import postgres_server
+
+    server = request.getfixturevalue("postgres_url")
+    return postgres_server.new_database(server, f"t_{abs(hash(request.node.nodeid)) % 10**12}")

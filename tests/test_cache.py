@@ -1,4 +1,7 @@
-"""Cache integrity: what the key covers, claims between workers, failures that repeat or are retried."""
+"""Cache integrity: what the key covers, claims between workers, failures that repeat or are retried.
+
+The claim, lease and failure tests run on both backends (``cache_location``: an SQLite file and a
+PostgreSQL database, the latter skipped where no server can be started; tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -31,8 +34,8 @@ def _slow_compute(path: str, log: str, start: float) -> None:
     assert result == {"v": 42}
 
 
-def test_two_workers_compute_one_request_once(tmp_path):
-    path, log = tmp_path / "c.sqlite", tmp_path / "log.txt"
+def test_two_workers_compute_one_request_once(cache_location, tmp_path):
+    path, log = cache_location, tmp_path / "log.txt"
     EvalCache(path)
     ctx = mp.get_context("spawn")
     start = time.time() + 3.0  # both processes are up and asking at the same moment
@@ -47,8 +50,8 @@ def test_two_workers_compute_one_request_once(tmp_path):
     assert c.computations(request_key({"x": 1})) == 1 and c.get(request_key({"x": 1})) == {"v": 42}
 
 
-def test_claim_of_a_dead_process_is_taken_over_at_once(tmp_path):
-    c = EvalCache(tmp_path / "c.sqlite", lease_seconds=3600)
+def test_claim_of_a_dead_process_is_taken_over_at_once(cache_location):
+    c = EvalCache(cache_location, lease_seconds=3600)
     ctx = mp.get_context("spawn")
     p = ctx.Process(target=time.sleep, args=(0,))
     p.start()
@@ -62,16 +65,16 @@ def test_claim_of_a_dead_process_is_taken_over_at_once(tmp_path):
     assert c.claim("j", {"r": 1})  # ... but one of a dead process on this machine is taken over at once
 
 
-def test_expired_lease_is_taken_over(tmp_path):
-    c = EvalCache(tmp_path / "c.sqlite", lease_seconds=0.2)
+def test_expired_lease_is_taken_over(cache_location):
+    c = EvalCache(cache_location, lease_seconds=0.2)
     assert c.claim("k", {"r": 1}, owner="otherhost:1")
     assert not c.claim("k", {"r": 1}, owner="otherhost:2")
     time.sleep(0.3)
     assert c.claim("k", {"r": 1}, owner="otherhost:2")
 
 
-def test_deterministic_failure_is_answered_other_failures_retried(tmp_path):
-    c = EvalCache(tmp_path / "c.sqlite")
+def test_deterministic_failure_is_answered_other_failures_retried(cache_location):
+    c = EvalCache(cache_location)
     calls = []
 
     def diverges() -> dict:

@@ -31,6 +31,8 @@ class EnvConfig:
     horizon: int = 1
     seed: int = 0
     device: str = "cpu"
+    #: Evaluation cache: an SQLite file, ``sqlite:///PATH`` or ``postgresql://USER@HOST:PORT/DB``
+    #: (shared by several machines); ``None``: the run folder's ``evaluations.sqlite``.
     cache: str | None = None
     granularity: str = "attention"
     descriptor_components: int = 8
@@ -84,6 +86,10 @@ class EnvConfig:
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "EnvConfig":
         """Build from a YAML mapping; every error names ``source`` (e.g. ``FILE [env]``)."""
+        if self.cache is not None:
+            from memrl.evaluation.cache import open_backend
+
+            open_backend(self.cache)  # its form (a path or a URL), not whether the server answers
         if not isinstance(d, dict):
             raise MemrlError(f"{source}: expected a mapping of env fields, got {type(d).__name__} {d!r}")
         known = {f.name for f in fields(cls)}

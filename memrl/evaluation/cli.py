@@ -36,7 +36,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mem-sheet", default=None, metavar="FILE", help="sheet (.csv, .jsonl, .parquet) of training images to use as the memorization set, in its order (same image column as the dataset; a caption column, if present, must match)")
     p.add_argument("--pretrained", "--model", dest="pretrained", default=DEFAULT_MODEL, help=f"pretrained model folder (default {DEFAULT_MODEL})")
     p.add_argument("--out", required=True, help="folder for the sample grid and the nearest-neighbour picture (and result.json)")
-    p.add_argument("--cache", default=None, help="SQLite cache file for the reference run (full fine-tuning, computed once per dataset and budget; default: inside --out, OUT/evaluations.sqlite). Share one file between evaluations to compute the reference once")
+    p.add_argument("--cache", default=None, help="evaluation cache for the reference run (full fine-tuning, computed once per dataset and budget): an SQLite file, sqlite:///PATH or postgresql://USER@HOST:PORT/DB (pip install 'memrl[postgres]'); default: inside --out, OUT/evaluations.sqlite. Share one cache between evaluations to compute the reference once")
     add_set_argument(
         p,
         "override any setting of the preset's evaluation config (memrl.evaluation.EvalConfig), dotted keys, "
@@ -70,7 +70,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from memrl.data.loaders import load_dataset
     from memrl.errors import EvaluationFailed, MemrlError
     from memrl.evaluation import Evaluator
-    from memrl.evaluation.cache import EvalCache
+    from memrl.evaluation.cache import EvalCache, open_backend
     from memrl.utils.io import write_json_atomic
 
     cfg = eval_config(args)  # the cheap checks first: a --set typo costs no model load
@@ -82,13 +82,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels, **dataset_options(args))
     ev.check_data(data)
     check_mem_sheet(data, cfg, args.mem_sheet)
+    if args.cache:
+        open_backend(args.cache)  # the form of --cache (a path or a URL), before the model loads
     if args.lr is not None and not args.lr > 0:
         raise MemrlError(f"--lr must be positive, got {args.lr}")
     cfg.with_method(args.method, args.lr, args.seed).finetune.resolved_lr()  # the method has a learning rate
     proposed = ev.parse_mask(args.mask)
     mask, empty = ev.effective_mask(args.method, proposed, strict=True)  # refused here, before any write
     # every input is good: only now is anything written
-    ev.cache = EvalCache(Path(args.cache) if args.cache else out / "evaluations.sqlite")
+    ev.cache = EvalCache(args.cache if args.cache else out / "evaluations.sqlite")  # a path or a URL
     if empty and not args.json:
         print(f"memrl: note: {', '.join(empty)} hold no {args.method} parameters; training {mask}", file=sys.stderr)
     try:

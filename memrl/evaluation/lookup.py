@@ -43,7 +43,7 @@ from typing import Any, Iterable, Sequence
 
 from memrl.data.dataset import DatasetSplits
 from memrl.errors import EvaluationFailed, MemrlError
-from memrl.evaluation.cache import EvalCache, request_key
+from memrl.evaluation.cache import EvalCache, open_backend, request_key
 from memrl.evaluation.config import EvalConfig
 from memrl.evaluation.evaluator import EVAL_VERSION, Evaluator, _file_hash, build_request
 from memrl.peft_masking import Mask
@@ -107,17 +107,11 @@ def export_table(cache: EvalCache | str | Path, out: str | Path, meta: dict, inc
     """
     meta = _jsonable(_check_meta(dict(meta), f"export to {out}"))
     if not isinstance(cache, EvalCache):
-        path = Path(cache)
-        if not path.is_file():
-            raise MemrlError(f"no evaluation cache at {path} (an SQLite file written by memrl evaluate / train / search)")
-        cache = EvalCache(path)
-    con = cache._connect()
-    try:
-        rows = con.execute(
-            "SELECT key, status, request, result, error, deterministic, created FROM evaluations WHERE status IN ('ok', 'failed') ORDER BY key"
-        ).fetchall()
-    finally:
-        con.close()
+        file = getattr(open_backend(cache), "path", None)  # None: a database server
+        if file is not None and not file.is_file():
+            raise MemrlError(f"no evaluation cache at {file} (an SQLite file written by memrl evaluate / train / search, or a postgresql:// URL)")
+        cache = EvalCache(cache)
+    rows = cache.finished_rows()
     lines, newest, finished = [], None, 0
     for key, status, request, result, error, deterministic, created in rows:
         if status == "failed" and not (deterministic or include_transient):
@@ -145,7 +139,7 @@ def export_table(cache: EvalCache | str | Path, out: str | Path, meta: dict, inc
         newest = created if newest is None else max(newest, created)
     if finished and not lines:
         raise MemrlError(
-            f"cache {cache.path} holds {finished} finished evaluation(s), none for this table's model {meta['model']}, "
+            f"cache {cache.location} holds {finished} finished evaluation(s), none for this table's model {meta['model']}, "
             f"feature network {meta['feature_net']}, {len(meta['units'])} units and evaluation version {EVAL_VERSION}: "
             "check the meta (memrl.evaluation.lookup.table_meta of the evaluator that filled the cache)"
         )

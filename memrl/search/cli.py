@@ -69,7 +69,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pretrained", "--model", dest="pretrained", default=None, help="override env.pretrained (the base model folder); --model is an alias")
     p.add_argument("--preset", default=None, help="override env.preset, the evaluation budget: default, search (the agent's) or quick")
     p.add_argument("--method", default=None, help="override env.method: the one PEFT method searched with (lora, difffit, ...)")
-    p.add_argument("--cache", default=None, help="SQLite evaluation cache (default RUN/evaluations.sqlite); share one file with memrl train runs to reuse their evaluations")
+    p.add_argument("--cache", default=None, help="evaluation cache: an SQLite file, sqlite:///PATH or postgresql://USER@HOST:PORT/DB shared by several machines (pip install 'memrl[postgres]'); default RUN/evaluations.sqlite; share one with memrl train runs to reuse their evaluations")
     p.add_argument("--device", default=None, help="torch device: auto, cpu, cuda, ... (default: env.device)")
     add_set_argument(
         p,
