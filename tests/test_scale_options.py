@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 
@@ -115,3 +116,20 @@ def test_a_scale_option_keys_the_masked_run_and_reference_but_not_the_base(field
     assert key(on) != key(cfg)
     assert key(on.without_mitigations()) == key(on)  # the reference keeps it (it trains too)
     assert key(on.without_scale_options()) == key(cfg)  # the base model (nothing trains) drops it
+
+
+@pytest.mark.slow
+def test_a_bf16_evaluation_runs_end_to_end_under_its_own_key(quick_model_dir, tmp_path):
+    """Training and sampling under bf16 autocast: finite metrics, float32 samples, its own cache entry."""
+    from memrl.evaluation import Evaluator, preset
+
+    ev = Evaluator(quick_model_dir[0], cache=tmp_path / "evals.sqlite")
+    data = load_dataset("inverted")
+    cfg = preset("quick")
+    bf16 = replace(cfg, finetune=replace(cfg.finetune, mixed_precision="bf16"))
+    a = ev.evaluate(data, "lora", "1010101", bf16, seed=0)
+    assert a["cached"] is False
+    assert all(np.isfinite(a[k]) for k in ("fid", "kid", "nn_own_rate", "reward"))
+    assert ev.evaluate(data, "lora", "1010101", bf16, seed=0)["cached"] is True
+    req = ev.request(data, ev.parse_mask("1010101"), bf16.with_method("lora", None, 0))
+    assert req["config"]["finetune"]["mixed_precision"] == "bf16"

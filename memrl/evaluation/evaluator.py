@@ -42,7 +42,7 @@ from memrl.models.feature_net import FeatureNet
 from memrl.models.pipeline import DiffusionModel
 from memrl.metrics.names import SUMMARY_METRICS
 from memrl.peft_masking import Mask, enumerate_units, trainable_units
-from memrl.training.finetune import FinetuneConfig, finetune, probe_groups
+from memrl.training.finetune import FinetuneConfig, autocast_for, finetune, probe_groups
 from memrl.utils.images import save_grid, save_pairs
 
 #: Bumped whenever a change to this code can change a result: it is part of every cache key.
@@ -164,6 +164,41 @@ def _check_finite(what: str, x: torch.Tensor | np.ndarray) -> None:
         raise NonFiniteError(f"{what} are not finite (NaN or inf): the fine-tuned model diverged; lower the learning rate")
 
 
+def load_feature_net(spec: str | Path | None, pretrained_dir: Path, channels: int, size: int) -> tuple[torch.nn.Module, str]:
+    """``(feature network, its content hash)`` for ``--feature-net`` / ``env.feature_net``.
+
+    ``spec``: a memrl feature-network folder (``config.json`` + ``model.safetensors``), an
+    importable ``package.module:callable`` returning a module with ``num_features``
+    (:func:`memrl.models.feature_net.load_feature_module`), or ``None`` for the model's own
+    ``feature_net/``. The hash (part of every cache key) is the folder's file hash, or for a module
+    its spec and weights. The network is checked on two blank ``channels x size x size`` images:
+    it must give ``2 x num_features`` features.
+    """
+    from memrl.models.feature_net import is_module_spec, load_feature_module, module_hash
+
+    if spec is not None and is_module_spec(spec):
+        net: torch.nn.Module = load_feature_module(str(spec))
+        digest, where = module_hash(net), str(spec)
+    else:
+        fn_dir = Path(spec) if spec else pretrained_dir / "feature_net"
+        if not fn_dir.is_dir():
+            raise MemrlError(
+                f"no feature network at {fn_dir}: pass --feature-net FOLDER or module:callable (config env.feature_net); "
+                "FID and nearest-neighbour features need one (memrl pretrain writes feature_net/ beside its model; "
+                "memrl feature-net trains one on a public image folder)"
+            )
+        net, digest, where = FeatureNet.from_pretrained(fn_dir), _file_hash(fn_dir), str(fn_dir)
+    with torch.no_grad(), preserved_rng():
+        try:
+            probe = net(torch.zeros(2, channels, size, size))
+        except (RuntimeError, ValueError, MemrlError) as exc:
+            raise MemrlError(f"feature network {where} fails on {channels} x {size} x {size} images in [-1, 1]: {str(exc).splitlines()[0]}") from None
+    if tuple(probe.shape) != (2, int(net.num_features)):
+        raise MemrlError(f"feature network {where} maps 2 images to shape {tuple(probe.shape)}, expected (2, num_features={net.num_features})")
+    net.requires_grad_(False)
+    return net.eval(), digest
+
+
 class Evaluator:
     """Loads a pretrained model folder once and evaluates masks on datasets."""
 
@@ -175,19 +210,16 @@ class Evaluator:
         feature_net: str | Path | None = None,
         granularity: str = "attention",
     ) -> None:
+        """``feature_net``: a feature-network folder or ``package.module:callable`` (see
+        :func:`load_feature_net`); default: ``PRETRAINED/feature_net``."""
         self.pretrained_dir = Path(pretrained)
         self.model = DiffusionModel.from_pretrained(self.pretrained_dir, device=device)
-        fn_dir = Path(feature_net) if feature_net else self.pretrained_dir / "feature_net"
-        if not fn_dir.is_dir():
-            raise MemrlError(
-                f"no feature network at {fn_dir}: FID and nearest-neighbour features need one "
-                "(memrl pretrain writes feature_net/ beside the model)"
-            )
-        self.feature_net = FeatureNet.from_pretrained(fn_dir).to(device)
+        net, self.feature_net_hash = load_feature_net(feature_net, self.pretrained_dir, self.model.image_channels, self.model.image_size)
+        #: FID/KID, nearest neighbours and the dataset descriptor all use this one network.
+        self.feature_net = net.to(device)
         self.granularity = granularity
         self.units = tuple(enumerate_units(self.model.unet, granularity))
         self.model_hash = _file_hash(self.pretrained_dir, skip="feature_net")
-        self.feature_net_hash = _file_hash(fn_dir)
         self.cache = EvalCache(cache) if isinstance(cache, (str, Path)) else cache
         self._real_stats: dict[str, tuple] = {}
         self._trainable_units: dict[str, tuple[str, ...]] = {}
@@ -371,13 +403,15 @@ class Evaluator:
         mem = ft.memorization_set
         G = cfg.gens_per_prompt
         mem_prompts = [c for c in mem.captions for _ in range(G)]
-        gens, mem_guidance = model.generate(
-            mem_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 1000, batch_size=cfg.sample_batch_size, return_guidance_norms=True
-        )
         fid_prompts = self.fid_prompts(data, mem.captions, cfg.n_fid_samples)
-        fid_samples, held_guidance = model.generate(
-            fid_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 2000, batch_size=cfg.sample_batch_size, return_guidance_norms=True
-        )
+        with autocast_for(fcfg.mixed_precision, self.model.device)():  # sampling in the training's precision
+            gens, mem_guidance = model.generate(
+                mem_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 1000, batch_size=cfg.sample_batch_size, return_guidance_norms=True
+            )
+            fid_samples, held_guidance = model.generate(
+                fid_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 2000, batch_size=cfg.sample_batch_size, return_guidance_norms=True
+            )
+        gens, fid_samples, mem_guidance, held_guidance = (x.float() for x in (gens, fid_samples, mem_guidance, held_guidance))
         _check_finite("samples for the memorization prompts", gens)
         _check_finite("samples for the held-out prompts", fid_samples)
         timings["sample"] = time.time() - t

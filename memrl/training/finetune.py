@@ -231,7 +231,7 @@ def finetune(
         threshold = cfg.guidance_filter_threshold
         opt = torch.optim.AdamW(peft.param_groups(cfg.weight_decay), lr=cfg.resolved_lr())
         params = [p for _, p in peft.trainable]
-        autocast = _autocast_for(cfg.mixed_precision, device)  # checks fp16 against the device first
+        autocast = autocast_for(cfg.mixed_precision, device)  # checks fp16 against the device first
         scaler = torch.amp.GradScaler(device.type) if cfg.mixed_precision == "fp16" else None
         if cfg.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()
@@ -319,7 +319,7 @@ def _micro_batches(n: int, parts: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
-def _autocast_for(mixed_precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+def autocast_for(mixed_precision: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
     """A factory of fresh autocast contexts for ``mixed_precision`` on ``device`` (no-ops for ``"no"``)."""
     dtype = MIXED_PRECISION[mixed_precision]
     if dtype is None:
