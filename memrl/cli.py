@@ -1,6 +1,7 @@
 """The ``memrl`` console script: one subcommand per job.
 
     memrl pretrain   pretrain the embedded default model and its feature network
+    memrl feature-net  train the fallback feature network on a public image folder
     memrl sample     generate an image grid from a model folder
     memrl evaluate   one masked fine-tune: quality, memorization, reward
     memrl train      train the PPO mask-selection agent
@@ -81,6 +82,41 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------- feature-net
+def _add_feature_net(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "feature-net",
+        help="train the offline fallback feature network (FID, nearest neighbours) on a public image folder",
+        description="Train memrl's small feature network on PUBLIC images (never the private fine-tuning data), each image's "
+        "caption as its class label (captions must repeat), and save it as a folder for --feature-net. For your own RGB data "
+        "when no domain network (--feature-net package.module:callable) is at hand.",
+    )
+    p.add_argument("--data", required=True, help="public image folder (metadata.csv/jsonl or .txt captions) or sheet of image path + caption")
+    p.add_argument("--out", required=True, help="output folder (config.json + model.safetensors; replaced if it exists)")
+    p.add_argument("--channels", type=int, default=3, help="image channels the network takes: 3 (RGB, default) or 1 (grey)")
+    p.add_argument("--size", type=int, default=32, help="side the images are loaded at (default 32; the network resizes to 16 x 16)")
+    p.add_argument("--epochs", type=int, default=30, help="training epochs (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--caption-column", default=None, metavar="NAME", help="the sheet's caption column (the class label; default: the recognised names)")
+    p.add_argument("--image-column", default=None, metavar="NAME", help="the sheet's image-path column (default: the recognised names)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_cmd_feature_net)
+
+
+def _cmd_feature_net(args: argparse.Namespace) -> int:
+    from memrl.training.public_features import train_public_feature_net
+    from memrl.utils.io import atomic_dir
+
+    net, summary = train_public_feature_net(
+        args.data, channels=args.channels, image_size=args.size, epochs=args.epochs, seed=args.seed,
+        caption_column=args.caption_column, image_column=args.image_column, progress=not args.no_progress,
+    )  # fmt: skip
+    with atomic_dir(args.out) as tmp:
+        net.save_pretrained(tmp)
+    print(json.dumps({**summary, "out": str(args.out)}))
+    return 0
+
+
 # ---------------------------------------------------------------------------------------- sample
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -144,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_pretrain(sub)
+    _add_feature_net(sub)
     _add_sample(sub)
     for extra in _extra_commands():
         extra(sub)

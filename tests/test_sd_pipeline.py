@@ -92,3 +92,185 @@ def test_memrl_loads_the_sd_folder(tiny_sd_dir, tmp_path):
     pipe = _sd_pipeline(tmp_path / "copy")
     assert isinstance(pipe.scheduler, PNDMScheduler)
     assert torch.equal(DiffusionModel.from_pretrained(tmp_path / "copy").generate(["a cat", "the thing"], num_inference_steps=2, seed=0), x)
+
+
+# ---------------------------------------------------------------------- 3. --feature-net
+COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
+
+
+def write_shapes_folder(folder, n: int, unique: bool, offset: int = 0, size: int = 32):  # noqa: ANN001, ANN201
+    """An imagefolder (``metadata.csv`` with file_name, text) of ``n`` RGB PNGs: coloured squares
+    and discs on a noisy light background. ``unique``: one caption per image, else one per class."""
+    import csv
+
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        rng = np.random.RandomState(offset + i)
+        colour, shape = list(COLOURS)[i % 4], ("square", "disc")[(i // 4) % 2]
+        img = (np.full((size, size, 3), 235) + rng.randint(0, 15, (size, size, 3))).astype(np.uint8)
+        cy, cx = rng.randint(size // 3, size - size // 3, 2)
+        r = rng.randint(size // 6, size // 4)
+        yy, xx = np.mgrid[:size, :size]
+        inside = (np.abs(yy - cy) <= r) & (np.abs(xx - cx) <= r) if shape == "square" else (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+        img[inside] = COLOURS[colour]
+        Image.fromarray(img).save(folder / f"img{i:03d}.png")
+        rows.append({"file_name": f"img{i:03d}.png", "text": f"a {colour} {shape}" + (f" number {i}" if unique else "")})
+    with open(folder / "metadata.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["file_name", "text"])
+        w.writeheader()
+        w.writerows(rows)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def rgb_data(tmp_path_factory):
+    """``(public folder with class-level captions, private folder with unique captions)``.
+
+    The private folder has 40 images: the seeded 30% held out (12) is above the 8 FID needs, and
+    the quick preset's 4 memorization probes come from the 28 training images."""
+    root = tmp_path_factory.mktemp("rgb")
+    return write_shapes_folder(root / "public", 32, unique=False, offset=1000, size=48), write_shapes_folder(root / "private", 40, unique=True)
+
+
+@pytest.fixture(scope="session")
+def rgb_feature_net(rgb_data, tmp_path_factory):
+    """``memrl feature-net`` on the public folder (the documented offline fallback for RGB data)."""
+    from memrl.cli import main
+
+    out = tmp_path_factory.mktemp("fn") / "feature_net"
+    assert main(["feature-net", "--data", str(rgb_data[0]), "--out", str(out), "--epochs", "5", "--no-progress"]) == 0
+    return out
+
+
+def test_feature_net_command_trains_on_public_rgb(rgb_feature_net, rgb_data, tmp_path, capsys):
+    from memrl.cli import main
+    from memrl.models.feature_net import FeatureNet
+
+    net = FeatureNet.from_pretrained(rgb_feature_net)
+    assert net.config["channels"] == 3 and net.config["num_classes"] == 8  # one class per distinct caption
+    assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 64) and net(torch.zeros(2, 1, 20, 20)).shape == (2, 64)
+    # distinct captions are no class labels: refused, naming the way out
+    assert main(["feature-net", "--data", str(rgb_data[1]), "--out", str(tmp_path / "fn")]) == 2
+    assert "captions that repeat" in capsys.readouterr().err and not (tmp_path / "fn").exists()
+
+
+MODULE = '''
+import torch
+from torch import nn
+
+
+class Trunk(nn.Module):
+    """A domain network: features = pooled conv output; ``features`` is its trunk (not the embedding)."""
+
+    def __init__(self, seed):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Conv2d(3, 8, 3, padding=1)
+        self.num_features = 8
+
+    def forward(self, x):
+        return self.features(x).mean(dim=(2, 3))
+
+
+def make():
+    return Trunk(0)
+
+
+def other():
+    return Trunk(1)
+
+
+def no_width():
+    return nn.Identity()
+'''
+
+
+def test_module_feature_net_is_used_everywhere_and_keyed(tiny_sd_dir, rgb_data, rgb_feature_net, tmp_path, monkeypatch):
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.descriptor import DescriptorBasis
+    from memrl.evaluation import Evaluator
+    from memrl.metrics import memorization as mm
+
+    (tmp_path / "domain_fn.py").write_text(MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ev = Evaluator(tiny_sd_dir, feature_net="domain_fn:make")
+    assert ev.feature_net_hash.startswith("module-") and ev.feature_net.num_features == 8
+    data = load_dataset(rgb_data[1], ev.image_size, ev.image_channels)
+    x = data.train.images[:5]
+    with torch.no_grad():
+        want = ev.feature_net.net(x).double().numpy()
+    # nearest neighbours and the descriptor see the module's forward (8-d), not its .features trunk
+    assert mm.image_features(x, ev.feature_net) == pytest.approx(want)
+    assert DescriptorBasis.fit(ev.feature_net, [data], k=4).components.shape == (4, 8)
+    # the hash is the spec and the weights: the same again, another for other weights or a folder
+    assert Evaluator(tiny_sd_dir, feature_net="domain_fn:make").feature_net_hash == ev.feature_net_hash
+    assert Evaluator(tiny_sd_dir, feature_net="domain_fn:other").feature_net_hash != ev.feature_net_hash
+    folder = Evaluator(tiny_sd_dir, feature_net=rgb_feature_net)
+    assert folder.feature_net_hash not in (ev.feature_net_hash, None) and not folder.feature_net_hash.startswith("module-")
+    for spec, msg in (("domain_fn:nothing", "has no nothing"), ("domain_fn:no_width", "num_features"), ("no_such_pkg.mod:make", "cannot import")):
+        with pytest.raises(MemrlError, match=msg):
+            Evaluator(tiny_sd_dir, feature_net=spec)
+
+
+def test_missing_feature_net_names_the_flag(tiny_sd_dir, rgb_data, tmp_path, capsys):
+    from memrl.cli import main
+
+    rc = main(["evaluate", "--pretrained", str(tiny_sd_dir), "--dataset", str(rgb_data[1]), "--method", "lora", "--mask", "all", "--preset", "quick", "--out", str(tmp_path / "o"), "--device", "cpu"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "pass --feature-net FOLDER or module:callable" in err[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_feature_net_flag_on_every_command(capsys):
+    from memrl.agents.cli import _cmd_train  # noqa: F401  (the flag's target is checked through the config below)
+    from memrl.cli import build_parser
+    from memrl.envs.config import EnvConfig
+    from memrl.utils.config import ConfigError
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for cmd in ("evaluate", "train", "search", "replay"):
+        assert any("--feature-net" in a.option_strings for a in sub.choices[cmd]._actions), cmd
+    assert EnvConfig.from_dict({"feature_net": "pkg.mod:make"}).feature_net == "pkg.mod:make"
+    with pytest.raises((ConfigError, MemrlError), match="feature_net"):
+        EnvConfig(feature_net=" ")
+
+
+def test_search_flag_sets_env_feature_net(tiny_sd_dir, tmp_path, monkeypatch):
+    """``memrl search --feature-net`` reaches env.feature_net (what the evaluator is built with)."""
+    import memrl.search.run as run
+
+    seen = {}
+
+    def fake_search(cfg, out, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen["env"] = cfg.env
+        return {}
+
+    monkeypatch.setattr(run, "search", fake_search)
+    from memrl.cli import main
+
+    assert main(["search", "--dataset", "inverted", "--feature-net", "pkg.mod:make", "--out", str(tmp_path / "s"), "--json"]) == 0
+    assert seen["env"].feature_net == "pkg.mod:make"
+
+
+# ---------------------------------------------------------------------- 4. quick evaluation, RGB folder, tiny SD
+def test_quick_evaluation_on_rgb_folder_with_tiny_sd(tiny_sd_dir, rgb_data, rgb_feature_net, tmp_path, capsys):
+    import math
+
+    from memrl.cli import main
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--pretrained", str(tiny_sd_dir), "--feature-net", str(rgb_feature_net), "--dataset", str(rgb_data[1])]
+    args += ["--method", "lora", "--mask", "0000000000000011", "--preset", "quick", "--out", str(out), "--json", "--device", "cpu"]
+    args += ["--set", "n_fid_samples=16", "inference_steps=3", "gens_per_prompt=2", "finetune.steps=4"]  # seconds on one core
+    assert main(args) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["fid_n_real"] == 12 and res["memorization_set"] == 4 and res["mask_units"] == ["up_blocks.3.attentions.1", "up_blocks.3.attentions.2"]
+    for key in ("fid", "kid", "amd", "nn_own_rate", "replication_rate", "reward"):
+        assert math.isfinite(res[key]), key
+    assert 0 < res["trainable_fraction"] < 0.01 and (out / "samples.png").is_file()
+    assert json.loads((out / "result.json").read_text())["fid"] == res["fid"]

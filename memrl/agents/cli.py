@@ -9,6 +9,14 @@ import sys
 from memrl.utils.overrides import add_set_argument
 
 
+FEATURE_NET_HELP = (
+    "feature network of FID/KID, nearest-neighbour memorization and the dataset descriptor: a memrl feature-network folder "
+    "(config.json + model.safetensors; memrl pretrain writes MODEL/feature_net, memrl feature-net trains one on a public "
+    "image folder) or package.module:callable returning an nn.Module with num_features that maps N x C x H x W images in "
+    "[-1, 1] to N x num_features (your domain model); part of every cache key"
+)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -49,6 +57,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="torch device of the evaluations (fine-tuning, sampling, metrics): auto (cuda when available), cpu, cuda, cuda:1, ...; "
         "overrides env.device (default cpu); the PPO policy itself is small and stays on the CPU",
     )
+    p.add_argument("--feature-net", default=None, metavar="FOLDER|MODULE:CALLABLE", help=FEATURE_NET_HELP + "; overrides env.feature_net (default MODEL/feature_net)")
     p.add_argument(
         "--ground-truth",
         default=None,
@@ -85,6 +94,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--warm-start-k", default=None, metavar="N", help="with --budget: how many of the policy's proposals start the search (default min(4, K))")
     r.add_argument("--optimizer", default=None, metavar="NAME", help="with --budget: the search's optimizer after the warm start, tpe (default) or random")
+    r.add_argument("--feature-net", default=None, metavar="FOLDER|MODULE:CALLABLE", help=FEATURE_NET_HELP + "; default: the policy's env.feature_net (the network its descriptor basis was fitted with)")
     r.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bars (--json hides them too)")
     r.add_argument("--json", action="store_true", help="print the whole report as JSON instead of a summary")
@@ -116,6 +126,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise MemrlError("--resume cannot take --ground-truth: a resumed run keeps train.ground_truth saved in its config.yaml")
         if args.device:
             raise MemrlError("--resume cannot take --device: a resumed run keeps env.device saved in its config.yaml (the device is part of every evaluation's cache key)")
+        if args.feature_net:
+            raise MemrlError("--resume cannot take --feature-net: a resumed run keeps env.feature_net saved in its config.yaml (the feature network is part of every evaluation's cache key)")
     cfg = TrainConfig.load(args.config) if args.config else None
     if args.resume:
         _check_resume_matches(args, cfg)
@@ -132,6 +144,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             ("--report-to", "train.report_to", args.report_to),
             ("--ground-truth", "train.ground_truth", args.ground_truth),
             ("--device", "env.device", _device(args.device) if args.device else None),
+            ("--feature-net", "env.feature_net", args.feature_net),
         ):
             if value is None:
                 continue
@@ -263,6 +276,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         n_repeats=args.n_repeats,
         device=_device(args.device),
+        feature_net=args.feature_net,
         progress=not (args.json or args.no_progress),
         budget=budget,
         warm_start_k=args.warm_start_k,

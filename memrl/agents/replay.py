@@ -58,13 +58,13 @@ def checked_count(value: Any, flag: str, minimum: int, what: str = "") -> int:
     return n
 
 
-def refinement_config(policy: TrainedPolicy, dataset: str, pretrained: str, budget: int, optimizer: str, warm_start_k: int, out: Path, device: str):  # noqa: ANN201
+def refinement_config(policy: TrainedPolicy, dataset: str, pretrained: str, budget: int, optimizer: str, warm_start_k: int, out: Path, device: str, feature_net: str | None = None):  # noqa: ANN201
     """The :class:`memrl.search.config.SearchConfig` of ``replay --budget``: the policy's env
     settings on ``dataset`` (the evaluation it was trained on), warm-started with the policy itself,
     its cache the replay's (``OUT/evaluations.sqlite``), no final pictures (Stage 2 makes them)."""
     from memrl.search.config import SearchConfig, SearchSettings
 
-    env = policy.env.with_(datasets=[dataset], pretrained=str(pretrained), cache=str(out / "evaluations.sqlite"), device=device)
+    env = policy.env.with_(datasets=[dataset], pretrained=str(pretrained), cache=str(out / "evaluations.sqlite"), device=device, feature_net=feature_net or policy.env.feature_net)
     settings = SearchSettings(optimizer=optimizer, budget=budget, dataset=dataset, final_pictures=False, warm_start=str(policy.path), warm_start_k=warm_start_k)
     return SearchConfig(env=env, search=settings)
 
@@ -112,12 +112,15 @@ def replay(
     budget: int | str = 0,
     warm_start_k: int | str | None = None,
     optimizer: str | None = None,
+    feature_net: str | None = None,
 ) -> dict:
     """Apply ``policy`` to ``dataset`` and write ``OUT`` (see the module docstring); returns the report.
 
     ``budget``: search evaluations before Stage 2 (0: none, the zero-shot mask goes to Stage 2);
     ``warm_start_k``: how many of the policy's proposals start the search (default ``min(4, budget)``);
-    ``optimizer``: ``tpe`` (default) or ``random``. Every input is checked before ``OUT`` is created.
+    ``optimizer``: ``tpe`` (default) or ``random``; ``feature_net``: the feature network (default: the
+    policy's ``env.feature_net``, the one its descriptor basis was fitted with). Every input is
+    checked before ``OUT`` is created.
     """
     from memrl.data.loaders import load_dataset
     from memrl.evaluation import Evaluator
@@ -137,7 +140,9 @@ def replay(
     tp = TrainedPolicy.load(policy)
     env_cfg = tp.env
     out = Path(out)
-    evaluator = Evaluator(pretrained or env_cfg.pretrained, device=device, granularity=env_cfg.granularity)
+    if feature_net is not None:
+        env_cfg = env_cfg.with_(feature_net=feature_net)
+    evaluator = Evaluator(pretrained or env_cfg.pretrained, device=device, granularity=env_cfg.granularity, feature_net=env_cfg.feature_net)
     tp.check_fits(evaluator)
     data = load_dataset(dataset, evaluator.image_size, evaluator.image_channels, **env_cfg.dataset_options(dataset))
     evaluator.check_data(data)
@@ -146,7 +151,7 @@ def replay(
         search_dir = out / SEARCH_DIR
         if search_dir.exists() and (not search_dir.is_dir() or any(search_dir.iterdir())):
             raise MemrlError(f"{search_dir} already holds a search run (or is a file); choose another --out for replay --budget")
-        search_cfg = refinement_config(tp, dataset, str(evaluator.pretrained_dir), budget, optimizer or "tpe", k, out, device)
+        search_cfg = refinement_config(tp, dataset, str(evaluator.pretrained_dir), budget, optimizer or "tpe", k, out, device, env_cfg.feature_net)
     out.mkdir(parents=True, exist_ok=True)  # only once every input is known to be good
     evaluator.cache = EvalCache(out / "evaluations.sqlite")
 

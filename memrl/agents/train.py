@@ -161,7 +161,9 @@ def lookup_evaluator(lookup: str | Path, cfg: TrainConfig):  # noqa: ANN201
     where = f"--lookup {lookup}"
     if ev.granularity != env_cfg.granularity:
         raise MemrlError(f"{where}: the tables are over {ev.granularity!r} units, the run's env.granularity is {env_cfg.granularity!r}; set env.granularity={ev.granularity}")
-    if ev.feature_net is None and (Path(env_cfg.pretrained) / "feature_net").is_dir():
+    if env_cfg.feature_net is not None:  # a folder, checked against the tables' network (lookup tables take no module)
+        ev.set_feature_net(env_cfg.feature_net)
+    elif ev.feature_net is None and (Path(env_cfg.pretrained) / "feature_net").is_dir():
         ev.set_feature_net(Path(env_cfg.pretrained) / "feature_net")
     ev.require_feature_net()
     ecfg = env_cfg.eval_config()
@@ -233,7 +235,7 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
 
     # 1. evaluator (one per process), descriptor basis (fitted once, saved with the run)
     if lookup is None:
-        evaluator = Evaluator(env_cfg.pretrained, device=env_cfg.device, cache=env_cfg.cache, granularity=env_cfg.granularity)
+        evaluator = Evaluator(env_cfg.pretrained, device=env_cfg.device, cache=env_cfg.cache, granularity=env_cfg.granularity, feature_net=env_cfg.feature_net)
     else:
         if evaluator is None:
             evaluator = lookup_evaluator(lookup, cfg)

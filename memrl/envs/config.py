@@ -53,6 +53,11 @@ class EnvConfig:
     #: Memorization sheet per dataset (``{dataset spec: sheet of training images}``): the probe
     #: uses those images, in that order. Keys must be in ``datasets``.
     mem_sheets: dict[str, str] = field(default_factory=dict)
+    #: Feature network of FID/KID, nearest neighbours and the dataset descriptor: a memrl
+    #: feature-network folder or an importable ``package.module:callable`` (a user's domain model,
+    #: see :func:`memrl.evaluation.evaluator.load_feature_net`). ``None``: ``PRETRAINED/feature_net``.
+    #: Its content hash is part of every cache key.
+    feature_net: str | None = None
 
     def __post_init__(self) -> None:
         """Check types first (a YAML ``horizon: "2"`` or ``datasets: inverted`` is one clear line),
@@ -76,6 +81,8 @@ class EnvConfig:
             value = getattr(self, name)
             if value is not None and not value.strip():
                 raise ConfigError(where, f"{name!r} must be a column name, got {value!r}; leave it out for the recognised names")
+        if self.feature_net is not None and not self.feature_net.strip():
+            raise ConfigError(where, f"'feature_net' must be a folder or package.module:callable, got {self.feature_net!r}; leave it out for PRETRAINED/feature_net")
         stray = sorted(k for k in self.mem_sheets if k not in self.datasets)
         if stray:
             raise ConfigError(where, f"'mem_sheets' names {', '.join(map(repr, stray))}, not in 'datasets' ({', '.join(self.datasets)})")

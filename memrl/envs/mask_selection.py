@@ -92,7 +92,7 @@ class MaskSelectionEnv(gym.Env):
         if evaluator is None:
             from memrl.evaluation import Evaluator
 
-            evaluator = Evaluator(self.config.pretrained, device=self.config.device, cache=self.config.cache, granularity=self.config.granularity)
+            evaluator = Evaluator(self.config.pretrained, device=self.config.device, cache=self.config.cache, granularity=self.config.granularity, feature_net=self.config.feature_net)
         self.evaluator = evaluator
         self.units = tuple(evaluator.units)
         self.n_units = len(self.units)

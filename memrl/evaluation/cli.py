@@ -35,6 +35,14 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split-column", default=None, metavar="NAME", help="the sheet's split column: train, or heldout/test/validation for the FID reference (default: a column named split, if any; without one a seeded 30%% is held out)")
     p.add_argument("--mem-sheet", default=None, metavar="FILE", help="sheet (.csv, .jsonl, .parquet) of training images to use as the memorization set, in its order (same image column as the dataset; a caption column, if present, must match)")
     p.add_argument("--pretrained", "--model", dest="pretrained", default=DEFAULT_MODEL, help=f"pretrained model folder (default {DEFAULT_MODEL})")
+    p.add_argument(
+        "--feature-net",
+        default=None,
+        metavar="FOLDER|MODULE:CALLABLE",
+        help="feature network of FID/KID and nearest-neighbour memorization: a memrl feature-network folder (config.json + model.safetensors; "
+        "memrl feature-net trains one on public images) or package.module:callable returning an nn.Module with num_features that maps "
+        "N x C x H x W images in [-1, 1] to N x num_features (your domain model); default: MODEL/feature_net; part of the cache key",
+    )
     p.add_argument("--out", required=True, help="folder for the sample grid and the nearest-neighbour picture (and result.json)")
     p.add_argument("--cache", default=None, help="evaluation cache for the reference run (full fine-tuning, computed once per dataset and budget): an SQLite file, sqlite:///PATH or postgresql://USER@HOST:PORT/DB (pip install 'memrl[postgres]'); default: inside --out, OUT/evaluations.sqlite. Share one cache between evaluations to compute the reference once")
     add_set_argument(
@@ -78,7 +86,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise MemrlError(f"--out {out} is a file; give a folder")
-    ev = Evaluator(args.pretrained, device=device, granularity=args.granularity)
+    ev = Evaluator(args.pretrained, device=device, granularity=args.granularity, feature_net=args.feature_net)
     data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels, **dataset_options(args))
     ev.check_data(data)
     check_mem_sheet(data, cfg, args.mem_sheet)

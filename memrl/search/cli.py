@@ -23,6 +23,7 @@ FLAG_KEYS = (
     ("--method", "method", "env.method"),
     ("--cache", "cache", "env.cache"),
     ("--device", "device", "env.device"),
+    ("--feature-net", "feature_net", "env.feature_net"),
 )
 
 
@@ -71,6 +72,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default=None, help="override env.method: the one PEFT method searched with (lora, difffit, ...)")
     p.add_argument("--cache", default=None, help="evaluation cache: an SQLite file, sqlite:///PATH or postgresql://USER@HOST:PORT/DB shared by several machines (pip install 'memrl[postgres]'); default RUN/evaluations.sqlite; share one with memrl train runs to reuse their evaluations")
     p.add_argument("--device", default=None, help="torch device: auto, cpu, cuda, ... (default: env.device)")
+    p.add_argument(
+        "--feature-net",
+        default=None,
+        metavar="FOLDER|MODULE:CALLABLE",
+        help="feature network of FID/KID and nearest-neighbour memorization: a memrl feature-network folder or package.module:callable "
+        "returning an nn.Module with num_features (your domain model); overrides env.feature_net (default MODEL/feature_net); part of every cache key",
+    )
     add_set_argument(
         p,
         "override config values, dotted keys, YAML values: env.method=lora env.granularity=block env.reward.lam=2 "

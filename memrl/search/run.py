@@ -72,7 +72,7 @@ def build_evaluator(cfg: SearchConfig) -> MaskEvaluator:
     from memrl.evaluation import Evaluator
 
     env = cfg.env
-    return Evaluator(env.pretrained, device=env.device, cache=None, granularity=env.granularity)
+    return Evaluator(env.pretrained, device=env.device, cache=None, granularity=env.granularity, feature_net=env.feature_net)
 
 
 def _is_real(evaluator: MaskEvaluator) -> bool:
