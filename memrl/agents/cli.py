@@ -66,6 +66,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "shows the best-so-far regret per evaluation on those datasets (regret/<dataset>, regret/mean) and policy_eval.json the "
         "policy mask's regret and rank; default: the --lookup tables; like --set train.ground_truth=DIR",
     )
+    from memrl.search.cli import RAY_HELP
+
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", help=RAY_HELP + "; with train.n_envs > 1 each environment gets its own actor")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--json", action="store_true", help="print the summary (or the --dry-run report) as one JSON object instead of text")
     p.set_defaults(func=_cmd_train)
@@ -126,6 +129,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             raise MemrlError("--resume cannot take --ground-truth: a resumed run keeps train.ground_truth saved in its config.yaml")
         if args.device:
             raise MemrlError("--resume cannot take --device: a resumed run keeps env.device saved in its config.yaml (the device is part of every evaluation's cache key)")
+        if getattr(args, "ray", None) is not None:
+            raise MemrlError("--resume cannot take --ray: a resumed run keeps env.ray saved in its config.yaml")
         if args.feature_net:
             raise MemrlError("--resume cannot take --feature-net: a resumed run keeps env.feature_net saved in its config.yaml (the feature network is part of every evaluation's cache key)")
     cfg = TrainConfig.load(args.config) if args.config else None
@@ -151,6 +156,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             if key in flat and flat[key] != value:
                 raise MemrlError(f"{flag} {value} and --set {key}={flat[key]} disagree; give one")
             cfg = apply_sets(cfg, nest({key: value}), source=flag)
+        if getattr(args, "ray", None) is not None:
+            from memrl.search.cli import with_ray
+
+            cfg.env = with_ray(cfg.env, args.ray)
     if args.dry_run:
         return _dry_run(args, cfg)
     from memrl.agents.train import train

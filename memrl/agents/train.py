@@ -67,6 +67,19 @@ def _make_subproc_env(env_cfg: dict, basis: dict, lookup: dict | None = None):  
     return Monitor(MaskSelectionEnv(EnvConfig.from_dict(env_cfg), evaluator=evaluator, basis=basis))
 
 
+def worker_device(env_cfg: EnvConfig, i: int) -> str:
+    """The device of the ``i``-th SubprocVecEnv worker: ``device: cuda`` spreads the workers over
+    every visible GPU (``cuda:0``, ``cuda:1``, ..., round robin); any other device (``cpu``,
+    ``cuda:1``), and evaluations on Ray (which gives each actor its own GPU), as configured. The
+    cache key names the device type only, so every worker shares the same evaluations."""
+    if env_cfg.device != "cuda" or env_cfg.ray is not None:
+        return env_cfg.device
+    import torch
+
+    count = torch.cuda.device_count()
+    return f"cuda:{i % count}" if count > 1 else "cuda"
+
+
 def build_vec_env(cfg: TrainConfig, env_cfg: EnvConfig, evaluator, basis: DescriptorBasis, dyna=None):  # noqa: ANN001, ANN201
     """The vectorised envs of a run; with ``dyna`` (a :class:`~memrl.agents.dyna.DynaModel`) each is
     wrapped in a :class:`~memrl.agents.dyna.DynaWrapper` sharing it (in-process envs only)."""
@@ -90,7 +103,8 @@ def build_vec_env(cfg: TrainConfig, env_cfg: EnvConfig, evaluator, basis: Descri
         if isinstance(evaluator, LookupEvaluator):
             fn = evaluator.feature_net_dir
             lookup = {"tables": [str(t) for t in evaluator.tables], "feature_net": str(fn) if fn is not None else None}
-        return SubprocVecEnv([partial(_make_subproc_env, env_cfg.to_dict(), basis.to_dict(), lookup) for _ in range(n)], start_method="spawn")
+        cfgs = [env_cfg.with_(device=worker_device(env_cfg, i)).to_dict() for i in range(n)]
+        return SubprocVecEnv([partial(_make_subproc_env, c, basis.to_dict(), lookup) for c in cfgs], start_method="spawn")
     return DummyVecEnv([lambda: Monitor(MaskSelectionEnv(env_cfg, evaluator=evaluator, basis=basis)) for _ in range(n)])
 
 
@@ -218,7 +232,7 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
     from stable_baselines3 import PPO
     from torch.utils.tensorboard import SummaryWriter
 
-    from memrl.evaluation import Evaluator
+    from memrl.evaluation.remote import build_evaluator
 
     run = Path(out)
     if cfg is not None:  # a new run: refuse a missing tracker before the run folder exists
@@ -235,7 +249,7 @@ def train(cfg: TrainConfig | None, out: str | Path, resume: bool = False, progre
 
     # 1. evaluator (one per process), descriptor basis (fitted once, saved with the run)
     if lookup is None:
-        evaluator = Evaluator(env_cfg.pretrained, device=env_cfg.device, cache=env_cfg.cache, granularity=env_cfg.granularity, feature_net=env_cfg.feature_net)
+        evaluator = build_evaluator(env_cfg)  # in this process, or in a Ray actor (env.ray)
     else:
         if evaluator is None:
             evaluator = lookup_evaluator(lookup, cfg)

@@ -34,6 +34,10 @@ class EnvConfig:
     #: Evaluation cache: an SQLite file, ``sqlite:///PATH`` or ``postgresql://USER@HOST:PORT/DB``
     #: (shared by several machines); ``None``: the run folder's ``evaluations.sqlite``.
     cache: str | None = None
+    #: Run each evaluation in a Ray actor (``pip install 'memrl[ray]'``): ``{address, num_gpus,
+    #: num_cpus}`` (:class:`memrl.evaluation.remote.RayOptions`; ``{}`` for a local instance on
+    #: the CPU). ``None``: in this process. Across machines ``cache`` must be a ``postgresql://`` URL.
+    ray: dict | None = None
     granularity: str = "attention"
     descriptor_components: int = 8
     #: Reward of a failed evaluation (diverged fine-tune, non-finite samples). ``None``: one below
@@ -86,6 +90,14 @@ class EnvConfig:
         stray = sorted(k for k in self.mem_sheets if k not in self.datasets)
         if stray:
             raise ConfigError(where, f"'mem_sheets' names {', '.join(map(repr, stray))}, not in 'datasets' ({', '.join(self.datasets)})")
+        if self.cache is not None:
+            from memrl.evaluation.cache import open_backend
+
+            open_backend(self.cache)  # its form (a path or a URL), not whether the server answers
+        if self.ray is not None:
+            from memrl.evaluation.remote import RayOptions
+
+            RayOptions.from_dict(self.ray)  # its keys and values (Ray itself is needed only to evaluate)
         if self.preset not in PRESETS:
             raise ConfigError(where, f"unknown preset {self.preset!r}; valid: {', '.join(PRESETS)}")
         self.eval_config()  # checks eval_overrides and reward key by key
@@ -93,10 +105,6 @@ class EnvConfig:
     @classmethod
     def from_dict(cls, d: dict, source: str = "config") -> "EnvConfig":
         """Build from a YAML mapping; every error names ``source`` (e.g. ``FILE [env]``)."""
-        if self.cache is not None:
-            from memrl.evaluation.cache import open_backend
-
-            open_backend(self.cache)  # its form (a path or a URL), not whether the server answers
         if not isinstance(d, dict):
             raise MemrlError(f"{source}: expected a mapping of env fields, got {type(d).__name__} {d!r}")
         known = {f.name for f in fields(cls)}

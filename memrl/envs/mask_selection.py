@@ -90,9 +90,9 @@ class MaskSelectionEnv(gym.Env):
             config = EnvConfig.from_dict(merged, source="env kwargs")
         self.config = config
         if evaluator is None:
-            from memrl.evaluation import Evaluator
+            from memrl.evaluation.remote import build_evaluator
 
-            evaluator = Evaluator(self.config.pretrained, device=self.config.device, cache=self.config.cache, granularity=self.config.granularity, feature_net=self.config.feature_net)
+            evaluator = build_evaluator(self.config)  # in this process, or in a Ray actor (env.ray)
         self.evaluator = evaluator
         self.units = tuple(evaluator.units)
         self.n_units = len(self.units)

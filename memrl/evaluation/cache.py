@@ -226,6 +226,8 @@ class EvalCache:
 
     def __init__(self, location: str | Path, timeout: float = 60.0, lease_seconds: float = 4 * 3600.0, poll_seconds: float = 0.5) -> None:
         self.backend = open_backend(location, timeout)
+        #: The location as given (a path or a URL, password included): what another process opens.
+        self.url = str(location)
         self.timeout = timeout
         self.lease_seconds = float(lease_seconds)
         self.poll_seconds = float(poll_seconds)

@@ -82,6 +82,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from memrl.utils.io import write_json_atomic
 
     cfg = eval_config(args)  # the cheap checks first: a --set typo costs no model load
+    if args.cache:
+        open_backend(args.cache)  # the form of --cache (a path or a URL), before the model loads
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -90,8 +92,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels, **dataset_options(args))
     ev.check_data(data)
     check_mem_sheet(data, cfg, args.mem_sheet)
-    if args.cache:
-        open_backend(args.cache)  # the form of --cache (a path or a URL), before the model loads
     if args.lr is not None and not args.lr > 0:
         raise MemrlError(f"--lr must be positive, got {args.lr}")
     cfg.with_method(args.method, args.lr, args.seed).finetune.resolved_lr()  # the method has a learning rate

@@ -27,6 +27,25 @@ FLAG_KEYS = (
 )
 
 
+#: ``--ray`` of memrl search and memrl train.
+RAY_HELP = (
+    "run each evaluation in a Ray actor (pip install 'memrl[ray]'): no ADDRESS starts a local Ray instance (or joins RAY_ADDRESS's), "
+    "auto joins the cluster on this machine, ray://HOST:10001 a remote one; each actor asks for env.ray.num_gpus GPUs "
+    "(default 0) and env.ray.num_cpus CPUs (default 1), e.g. --set env.ray.num_gpus=1; across machines set the cache "
+    "(env.cache) to postgresql://USER@HOST:PORT/DB so every node shares the evaluations; like --set env.ray.address=ADDRESS"
+)
+
+
+def with_ray(env, address: str | None):  # noqa: ANN001, ANN201 - EnvConfig in, EnvConfig out
+    """``env`` with ``--ray [ADDRESS]`` applied (``None``: the flag was not given; ``""``: no address)."""
+    if address is None:
+        return env
+    ray = dict(env.ray or {})
+    if address:
+        ray["address"] = address
+    return env.with_(ray=ray)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     from memrl.search.optimizers import DEFAULT_BUDGET, OPTIMIZERS
 
@@ -72,6 +91,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default=None, help="override env.method: the one PEFT method searched with (lora, difffit, ...)")
     p.add_argument("--cache", default=None, help="evaluation cache: an SQLite file, sqlite:///PATH or postgresql://USER@HOST:PORT/DB shared by several machines (pip install 'memrl[postgres]'); default RUN/evaluations.sqlite; share one with memrl train runs to reuse their evaluations")
     p.add_argument("--device", default=None, help="torch device: auto, cpu, cuda, ... (default: env.device)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS", help=RAY_HELP)
     p.add_argument(
         "--feature-net",
         default=None,
@@ -112,6 +132,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     flat = flatten_sets(sets)
     budget = args.budget
     if args.resume:
+        if args.ray is not None:
+            raise MemrlError("--resume cannot take --ray: a resumed run keeps env.ray saved in its config.yaml")
         cfg = None
         budget = _resume_budget(args, flat)
     else:
@@ -127,6 +149,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
             if key == "env.method":
                 change["env.methods"] = []  # one method: no method dimension in the proposals
             cfg = apply_sets(cfg, nest(change, drop_none=False), source=flag)
+        cfg.env = with_ray(cfg.env, args.ray)
         cfg.dataset()  # one dataset, named or implied
         if args.warm_start_k is not None and not cfg.search.warm_start:
             raise MemrlError("--warm-start-k needs --warm-start POLICY (or search.warm_start in the config): the proposals come from a trained policy")

@@ -69,10 +69,9 @@ def build_evaluator(cfg: SearchConfig) -> MaskEvaluator:
         from memrl.evaluation.lookup import LookupEvaluator
 
         return LookupEvaluator.from_dir(cfg.search.lookup)
-    from memrl.evaluation import Evaluator
+    from memrl.evaluation.remote import build_evaluator
 
-    env = cfg.env
-    return Evaluator(env.pretrained, device=env.device, cache=None, granularity=env.granularity, feature_net=env.feature_net)
+    return build_evaluator(cfg.env, cache=None)  # in this process, or in a Ray actor (env.ray)
 
 
 def _is_real(evaluator: MaskEvaluator) -> bool:
