@@ -4,7 +4,8 @@ A fine-tuning dataset is a set of images with one caption each (the paper: chest
 their report text). memrl only needs two views of it: the *training* images (the private
 split that is fine-tuned on, and from which the memorization set is drawn) and *held-out*
 real images of the same domain (the reference set for FID/KID). ``CaptionedImages`` holds one
-such set as a tensor in the model's pixel range [-1, 1]; ``DatasetSplits`` pairs the two.
+such set as a tensor in the model's pixel range [-1, 1] (or, for large user data, as
+:class:`~memrl.data.image_store.LazyImages` decoded on access); ``DatasetSplits`` pairs the two.
 
 Built-in variants of the embedded digits (:mod:`memrl.data.digits`) and user data
 (:mod:`memrl.data.loaders`: an image folder with captions, or a sheet of image + caption) all
@@ -25,16 +26,20 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from memrl.data.image_store import LazyImages, image_chunks
+
 
 @dataclass
 class CaptionedImages:
     """Images (``N x C x H x W`` float32 in [-1, 1]) with one caption each.
 
-    ``sources`` (user data only): per image, the resolved file it was read from (or the sheet row
+    ``images`` is a tensor, or :class:`~memrl.data.image_store.LazyImages` for user data too large
+    to hold decoded (indexing either gives tensors; walk a whole set with
+    :func:`~memrl.data.image_store.image_chunks`). ``sources`` (user data only): per image, the resolved file it was read from (or the sheet row
     of an embedded picture), used to match a memorization sheet; not part of the fingerprint.
     """
 
-    images: torch.Tensor
+    images: torch.Tensor | LazyImages
     captions: list[str]
     name: str = "dataset"
     sources: list[str] | None = field(default=None, repr=False, compare=False)
@@ -55,16 +60,38 @@ class CaptionedImages:
     def subset(self, indices: Sequence[int], name: str | None = None) -> "CaptionedImages":
         idx = [int(i) for i in indices]
         sources = [self.sources[i] for i in idx] if self.sources is not None else None
-        return CaptionedImages(self.images[idx].clone(), [self.captions[i] for i in idx], name or self.name, sources)
+        images = self.images.take(idx) if isinstance(self.images, LazyImages) else self.images[idx].clone()
+        return CaptionedImages(images, [self.captions[i] for i in idx], name or self.name, sources)
+
+    @property
+    def lazy(self) -> bool:
+        return isinstance(self.images, LazyImages)
+
+    def decoded(self) -> "CaptionedImages":
+        """This set with its images decoded into one tensor (itself when they already are): for
+        small sets used whole, such as the memorization probe."""
+        if not self.lazy:
+            return self
+        return CaptionedImages(self.images.materialize(), list(self.captions), self.name, self.sources)
 
     def fingerprint(self) -> str:
-        """Content hash of images and captions: identical data gives an identical key (cache keys)."""
+        """Content hash of images and captions: identical data gives an identical key (cache keys).
+
+        The decoded float32 bytes are hashed a chunk at a time (the same bytes, in the same order,
+        as hashing the whole tensor at once). Lazy images are read once and the hash remembered."""
+        memo = getattr(self, "_fingerprint", None)
+        if memo is not None:
+            return memo
         h = hashlib.sha256()
         h.update(str(tuple(self.images.shape)).encode())
-        h.update(np.ascontiguousarray(self.images.float().numpy()).tobytes())
+        for chunk in image_chunks(self.images):
+            h.update(np.ascontiguousarray(chunk.float().numpy()).tobytes())
         for c in self.captions:
             h.update(c.encode("utf-8") + b"\0")
-        return h.hexdigest()[:16]
+        key = h.hexdigest()[:16]
+        if self.lazy:  # files do not change under a run; a tensor may be edited in place
+            object.__setattr__(self, "_fingerprint", key)
+        return key
 
 
 @dataclass

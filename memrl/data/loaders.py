@@ -39,6 +39,7 @@ import torch
 
 from memrl.data import digits
 from memrl.data.dataset import CaptionedImages, DatasetSplits
+from memrl.data.image_store import AUTO_LAZY_BYTES, LazyImages
 from memrl.data.pixels import check_resize, load_fitted
 from memrl.data.sheets import CAPTION_COLUMNS, IMAGE_COLUMNS, IMAGE_EXTENSIONS, Columns, memorization_from_sheet, read_rows
 from memrl.errors import MemrlError
@@ -63,6 +64,7 @@ def load_dataset(
     split_column: str | None = None,
     mem_sheet: str | Path | None = None,
     resize: str = "center-crop",
+    lazy: bool | None = None,
 ) -> DatasetSplits:
     """Load the dataset named by ``spec`` at the model's image size and channel count.
 
@@ -73,6 +75,12 @@ def load_dataset(
     (recorded as ``DatasetSplits.memorization``), ``resize`` is ``"center-crop"`` or ``"stretch"``
     for non-square images. With every option at its default the result, and its fingerprint,
     is what earlier versions loaded for square images.
+
+    ``lazy``: keep user images on disk and decode them on access
+    (:class:`~memrl.data.image_store.LazyImages`); ``None`` (default) does so when the decoded
+    images would exceed :data:`~memrl.data.image_store.AUTO_LAZY_BYTES`. Either way every image
+    is read once here (the content fingerprint), so an unreadable file is an error now, not in the
+    middle of a run; the fingerprint is the same as eager loading's.
     """
     check_resize(resize)
     columns = Columns(image_column, caption_column, split_column)
@@ -90,8 +98,13 @@ def load_dataset(
         )
     rows = read_rows(path, columns)
     mem_path = _mem_sheet_path(mem_sheet)  # checked before the images are decoded
-    images = torch.stack([load_fitted(r, image_size, channels, resize) for r in rows.refs])
+    stored = LazyImages(rows.refs, image_size, channels, resize)
+    if lazy is None:
+        lazy = stored.size_bytes() > AUTO_LAZY_BYTES
+    images = stored if lazy else stored.materialize()
     data = _split(path.name or s, images, rows.captions, rows.splits, heldout_fraction, seed, [r.key for r in rows.refs])
+    if lazy:  # read every image once now: the fingerprint, and a bad file fails before any run starts
+        data.train.fingerprint(), data.heldout.fingerprint()
     if mem_path is None:
         return data
     mem = memorization_from_sheet(

@@ -24,17 +24,34 @@ import torch
 from sklearn.decomposition import PCA
 
 from memrl.data.dataset import DatasetSplits
+from memrl.data.image_store import LazyImages, image_chunks
 from memrl.errors import MemrlError
 
 #: Extra scalar entries after the PCA mean and spread.
 SCALARS = ("log_size", "duplication_rate", "distinct_captions", "pixel_mean", "pixel_std")
 
 
-def _features(feature_net: torch.nn.Module, images: torch.Tensor) -> np.ndarray:
+def _features(feature_net: torch.nn.Module, images: torch.Tensor | LazyImages) -> np.ndarray:
+    """Feature rows of ``images``: a tensor in one pass (as every stored descriptor was computed),
+    lazy images a decoded chunk at a time."""
     with torch.no_grad():
         p = next(feature_net.parameters())
-        f = feature_net(images.to(p.device, p.dtype))
-    return f.double().cpu().numpy()
+        chunks = image_chunks(images) if isinstance(images, LazyImages) else [images]
+        return torch.cat([feature_net(c.to(p.device, p.dtype)).double().cpu() for c in chunks]).numpy()
+
+
+def _pixel_mean_std(images: torch.Tensor | LazyImages) -> tuple[float, float]:
+    """Mean and standard deviation over every pixel value, in float64: of a tensor at once (as every
+    stored descriptor was computed), of lazy images accumulated chunk by chunk."""
+    if not isinstance(images, LazyImages):
+        x = images.double()
+        return float(x.mean()), float(x.std())
+    n = total = squares = 0.0
+    for chunk in image_chunks(images):
+        x = chunk.double()
+        n, total, squares = n + x.numel(), total + float(x.sum()), squares + float((x * x).sum())
+    mean = total / n
+    return mean, float(np.sqrt(max(squares / n - mean * mean, 0.0) * n / max(n - 1, 1)))
 
 
 def duplication_rate(images: torch.Tensor, threshold: float = 0.99) -> float:
@@ -80,13 +97,13 @@ class DescriptorBasis:
                 f"descriptor basis expects {self.components.shape[1]}-d features, the feature network gives {f.shape[1]}"
             )
         z = (f - self.mean) @ self.components.T / self.scale
-        imgs = data.train.images.double()
+        pixel_mean, pixel_std = _pixel_mean_std(data.train.images)
         scalars = [
             np.log(len(data.train)) / 10.0,
             duplication_rate(data.train.images),
             len(set(data.train.captions)) / max(1, len(data.train)),
-            float(imgs.mean()),
-            float(imgs.std()),
+            pixel_mean,
+            pixel_std,
         ]
         vec = np.concatenate([z.mean(0), z.std(0), np.asarray(scalars)])
         return np.clip(vec, -10, 10).astype(np.float32)

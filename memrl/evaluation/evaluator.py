@@ -38,6 +38,7 @@ from memrl.evaluation.config import EvalConfig
 from memrl.evaluation.reward import reward as compute_reward
 from memrl.metrics import memorization as mm
 from memrl.metrics.quality import _Features
+from memrl.data.image_store import LazyImages, image_chunks
 from memrl.models.feature_net import FeatureNet
 from memrl.models.pipeline import DiffusionModel
 from memrl.metrics.names import SUMMARY_METRICS
@@ -222,6 +223,7 @@ class Evaluator:
         self.model_hash = _file_hash(self.pretrained_dir, skip="feature_net")
         self.cache = EvalCache(cache) if isinstance(cache, (str, Path)) else cache
         self._real_stats: dict[str, tuple] = {}
+        self._real_features: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._trainable_units: dict[str, tuple[str, ...]] = {}
         self.hits = 0
         self.misses = 0
@@ -432,8 +434,10 @@ class Evaluator:
         # -- nearest neighbours
         t = time.time()
         extractor = self.feature_net if cfg.nn_features == "feature_net" else self._centred_pixels
-        train_f = mm.image_features(data.train.images, extractor)
-        held_f = mm.image_features(data.heldout.images, extractor)
+        real_key = (data.fingerprint(), cfg.nn_features)
+        if real_key not in self._real_features:  # the real images' features: once per dataset
+            self._real_features[real_key] = (mm.image_features(data.train.images, extractor), mm.image_features(data.heldout.images, extractor))
+        train_f, held_f = self._real_features[real_key]
         gen_f = mm.image_features(gens, extractor)
         _check_finite("nearest-neighbour features of the samples", gen_f)
         threshold = mm.calibrate_threshold(held_f, train_f, cfg.replication_quantile)
@@ -572,10 +576,15 @@ class Evaluator:
                     feat = _Features(self.feature_net)
                 fid = FrechetInceptionDistance(feature=feat, reset_real_features=False)
                 kid = KernelInceptionDistance(feature=feat, subsets=50, subset_size=sub, reset_real_features=False)
-                fid.update(real, real=True)
-                kid.update(real, real=True)
-                with torch.no_grad():
-                    real_f = feat(real).double().cpu().numpy()
+                # a tensor in one pass (as every stored result was computed); lazy images by chunk
+                parts = image_chunks(real) if isinstance(real, LazyImages) else [real]
+                real_f_parts = []
+                for chunk in parts:
+                    fid.update(chunk, real=True)
+                    kid.update(chunk, real=True)
+                    with torch.no_grad():
+                        real_f_parts.append(feat(chunk).double().cpu())
+                real_f = torch.cat(real_f_parts).numpy()
                 self._real_stats[key] = (fid, kid, int(feat.num_features), feat, real_f, fid_noise_floor(real_f))
             fid0, kid0, dim, feat, real_f, floor = self._real_stats[key]
             fid, kid = copy.deepcopy(fid0), copy.deepcopy(kid0)

@@ -216,7 +216,7 @@ def finetune(
     model.requires_grad_(False)
     peft = apply_peft(model.unet, mask, cfg.method, rank=cfg.rank, granularity=cfg.granularity)
     train, mem = training_set(data, cfg)
-    mem_set = data.train.subset(mem, name=f"{data.name}/memorization") if mem else data.train.subset([], name="empty")
+    mem_set = (data.train.subset(mem, name=f"{data.name}/memorization") if mem else data.train.subset([], name="empty")).decoded()
     losses: list[float] = []
     seen = filtered = skipped = 0
     if peft.trainable_params > 0 and cfg.steps > 0:
