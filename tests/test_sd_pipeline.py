@@ -274,3 +274,40 @@ def test_quick_evaluation_on_rgb_folder_with_tiny_sd(tiny_sd_dir, rgb_data, rgb_
         assert math.isfinite(res[key]), key
     assert 0 < res["trainable_fraction"] < 0.01 and (out / "samples.png").is_file()
     assert json.loads((out / "result.json").read_text())["fid"] == res["fid"]
+
+
+# ---------------------------------------------------------------------- 5. what replay writes loads in diffusers
+def test_replay_writer_output_loads_in_diffusers(tiny_sd_dir, rgb_data, tmp_path):
+    """``memrl replay`` saves its Stage-2 fine-tune with :func:`save_finetuned` (driving replay itself
+    needs a trained policy); on an SD base OUT/model is a StableDiffusionPipeline and OUT/adapter's
+    LoRA, loaded into the base pipeline, gives the merged model's UNet."""
+    from diffusers import PNDMScheduler
+
+    from memrl.agents.replay import save_finetuned
+    from memrl.data.loaders import load_dataset
+    from memrl.peft_masking import Mask
+    from memrl.training.finetune import FinetuneConfig, finetune
+
+    base = DiffusionModel.from_pretrained(tiny_sd_dir)
+    data = load_dataset(rgb_data[1], base.image_size, base.image_channels)
+    mask = Mask.parse("0000000000000011", enumerate_units(base.unet, "attention"))
+    ft = finetune(base, data, mask, FinetuneConfig(method="lora", steps=3, batch_size=8, n_mem=2, n_repeats=2))
+    written = save_finetuned(ft, tmp_path)
+    assert written == {"adapter": str(tmp_path / "adapter"), "model": str(tmp_path / "model")}
+    index = json.loads((tmp_path / "model" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
+    merged = _sd_pipeline(tmp_path / "model")
+    assert isinstance(merged.scheduler, PNDMScheduler)
+    img = merged("a red square", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert img.shape == (1, 32, 32, 3)
+
+    pipe = _sd_pipeline(tiny_sd_dir)
+    g = torch.Generator().manual_seed(0)
+    x, ctx, t = torch.randn(2, 4, 16, 16, generator=g), torch.randn(2, 77, 32, generator=g), torch.tensor([500, 20])
+    with torch.no_grad():
+        before = pipe.unet(x, t, ctx).sample
+        pipe.load_lora_weights(str(tmp_path / "adapter"))
+        after = pipe.unet(x, t, ctx).sample
+        want = merged.unet(x, t, ctx).sample
+    assert not torch.allclose(before, after, atol=1e-6)  # the LoRA changed the UNet
+    assert torch.allclose(after, want, atol=1e-4)  # ... into the merged model

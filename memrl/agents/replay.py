@@ -77,6 +77,12 @@ def save_finetuned(ft, out: Path) -> dict:  # noqa: ANN001
     lora loads with diffusers' ``load_lora_weights`` / ``load_lora_adapter`` and with peft,
     loha/lokr/oft with ``peft.PeftModel.from_pretrained``). It is written before the merge below,
     which folds the adapter into the base weights in place.
+
+    ``OUT/model/`` keeps the base folder's scheduler class; a Stable Diffusion base (a VAE and a
+    CLIP tokenizer) is written as a ``StableDiffusionPipeline`` folder
+    (:meth:`memrl.models.pipeline.DiffusionModel.save_pretrained`), so
+    ``StableDiffusionPipeline.from_pretrained(OUT/model)`` loads it and
+    ``pipe.load_lora_weights(OUT/adapter)`` adds the LoRA to the base pipeline.
     """
     from diffusers import UNet2DConditionModel
 
@@ -96,7 +102,7 @@ def save_finetuned(ft, out: Path) -> dict:  # noqa: ANN001
     fresh.to(next(unet.parameters()).device)
     m = ft.model
     with atomic_dir(out / "model") as tmp:
-        DiffusionModel(fresh, m.text_encoder, m.tokenizer, m.scheduler, m.vae).save_pretrained(tmp)
+        DiffusionModel(fresh, m.text_encoder, m.tokenizer, m.scheduler, m.vae, m.saved_scheduler).save_pretrained(tmp)
     written["model"] = str(out / "model")
     return written
 
