@@ -191,7 +191,8 @@ def load_feature_net(spec: str | Path | None, pretrained_dir: Path, channels: in
         net, digest, where = FeatureNet.from_pretrained(fn_dir), _file_hash(fn_dir), str(fn_dir)
     with torch.no_grad(), preserved_rng():
         try:
-            probe = net(torch.zeros(2, channels, size, size))
+            param = next(iter(net.parameters()), None)  # a user's module may already sit on a GPU
+            probe = net(torch.zeros(2, channels, size, size, device=param.device if param is not None else "cpu"))
         except (RuntimeError, ValueError, MemrlError) as exc:
             raise MemrlError(f"feature network {where} fails on {channels} x {size} x {size} images in [-1, 1]: {str(exc).splitlines()[0]}") from None
     if tuple(probe.shape) != (2, int(net.num_features)):
