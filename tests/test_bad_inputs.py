@@ -472,6 +472,11 @@ def test_valid_config_files_still_load():
     amortised = TrainConfig.load(root / "amortised.yaml")
     assert len(amortised.env.datasets) >= 12 and amortised.env.preset == "search"
     assert all(d.startswith("family:") and int(d.split(":")[1]) < 64 for d in amortised.env.datasets)  # training members only
+    # the published SD 1.5 / MIMIC-CXR settings (the paths are the user's: only the config is checked)
+    mimic = TrainConfig.load(root / "sd15_mimic.yaml")
+    ft = mimic.env.eval_config().finetune
+    assert (mimic.env.resolution, mimic.env.caption_column, mimic.env.granularity) == (224, "impression", "attention")
+    assert (ft.steps, ft.batch_size, ft.n_repeats, ft.mixed_precision) == (3000, 128, 50, "fp16")
 
 
 # ---------------------------------------------------------------------- 9. reward weights

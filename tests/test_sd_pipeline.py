@@ -311,3 +311,41 @@ def test_replay_writer_output_loads_in_diffusers(tiny_sd_dir, rgb_data, tmp_path
         want = merged.unet(x, t, ctx).sample
     assert not torch.allclose(before, after, atol=1e-6)  # the LoRA changed the UNet
     assert torch.allclose(after, want, atol=1e-4)  # ... into the merged model
+
+
+# ---------------------------------------------------------------------- resolution
+def test_a_resolution_below_the_native_size_trains_and_samples_there(tiny_sd_dir):
+    """SD 1.5 is 512 px natively and the published runs fine-tuned it at 224: the latent side
+    follows the resolution asked, the UNet (convolutional) handles a side that does not halve
+    evenly, and the setting enters the cache key only when given."""
+    from memrl.evaluation import Evaluator
+
+    native = DiffusionModel.from_pretrained(tiny_sd_dir)
+    assert native.image_size == 32 and native.vae_factor == 2
+    model = DiffusionModel.from_pretrained(tiny_sd_dir).set_resolution(40)  # 20 x 20 latents: 20 -> 10 -> 5 -> 3
+    assert model.image_size == 40 and model.latent_shape == (4, 20, 20)
+    with torch.no_grad():
+        img = model.generate(["a cat"], num_inference_steps=2, guidance_scale=1.0, seed=0)
+    assert img.shape == (1, 3, 40, 40) and torch.isfinite(img).all()
+    with pytest.raises(MemrlError, match="multiple of the VAE factor 2"):
+        model.set_resolution(41)
+    assert model.set_resolution(None).image_size == 32
+    ev = Evaluator(tiny_sd_dir, feature_net=None if (tiny_sd_dir / "feature_net").is_dir() else _rgb_feature_net(tiny_sd_dir.parent), resolution=40)
+    assert ev.model.image_size == 40
+    from memrl.data.loaders import load_dataset
+    from memrl.evaluation import preset
+
+    data = load_dataset("inverted", 40, 3)
+    cfg = preset("quick").with_method("lora", None, 0)
+    assert ev.request(data, ev.parse_mask("all"), cfg)["resolution"] == 40
+    ev.resolution = None  # what an evaluator at the native size asks: no resolution entry
+    assert "resolution" not in ev.request(data, ev.parse_mask("all"), cfg)
+
+
+def _rgb_feature_net(root):  # noqa: ANN001, ANN202
+    from memrl.models.feature_net import FeatureNet
+
+    out = root / "fn-rgb"
+    if not out.is_dir():
+        FeatureNet(channels=3).save_pretrained(out)
+    return out

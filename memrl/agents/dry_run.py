@@ -70,7 +70,9 @@ def dry_run(cfg: TrainConfig, out: str | Path | None = None, resume: bool = Fals
     with tempfile.TemporaryDirectory(prefix="memrl-dry-run-") as tmp:
         cache = EvalCache(Path(tmp) / "evaluations.sqlite")  # never the run's (or a shared) cache
         say(f"loading {env_cfg.pretrained}")
-        ev = Evaluator(env_cfg.pretrained, device=env_cfg.device, cache=cache, granularity=env_cfg.granularity, feature_net=env_cfg.feature_net)
+        ev = Evaluator(
+            env_cfg.pretrained, device=env_cfg.device, cache=cache, granularity=env_cfg.granularity, feature_net=env_cfg.feature_net, resolution=env_cfg.resolution
+        )
         m = ev.model
 
         # every dataset, training and held-out, loaded and checked before anything is timed

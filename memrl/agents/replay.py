@@ -148,7 +148,9 @@ def replay(
     out = Path(out)
     if feature_net is not None:
         env_cfg = env_cfg.with_(feature_net=feature_net)
-    evaluator = Evaluator(pretrained or env_cfg.pretrained, device=device, granularity=env_cfg.granularity, feature_net=env_cfg.feature_net)
+    evaluator = Evaluator(
+        pretrained or env_cfg.pretrained, device=device, granularity=env_cfg.granularity, feature_net=env_cfg.feature_net, resolution=env_cfg.resolution
+    )
     tp.check_fits(evaluator)
     data = load_dataset(dataset, evaluator.image_size, evaluator.image_channels, **env_cfg.dataset_options(dataset))
     evaluator.check_data(data)

@@ -62,6 +62,9 @@ class EnvConfig:
     #: see :func:`memrl.evaluation.evaluator.load_feature_net`). ``None``: ``PRETRAINED/feature_net``.
     #: Its content hash is part of every cache key.
     feature_net: str | None = None
+    #: Train and sample at this many pixels instead of the model's native size (SD 1.5 is 512; the
+    #: published MemControl runs used 224); a multiple of the VAE factor. ``None``: native.
+    resolution: int | None = None
 
     def __post_init__(self) -> None:
         """Check types first (a YAML ``horizon: "2"`` or ``datasets: inverted`` is one clear line),
@@ -87,6 +90,8 @@ class EnvConfig:
                 raise ConfigError(where, f"{name!r} must be a column name, got {value!r}; leave it out for the recognised names")
         if self.feature_net is not None and not self.feature_net.strip():
             raise ConfigError(where, f"'feature_net' must be a folder or package.module:callable, got {self.feature_net!r}; leave it out for PRETRAINED/feature_net")
+        if self.resolution is not None and not self.resolution > 0:
+            raise ConfigError(where, f"'resolution' must be a positive number of pixels, got {self.resolution!r}; leave it out for the model's native size")
         stray = sorted(k for k in self.mem_sheets if k not in self.datasets)
         if stray:
             raise ConfigError(where, f"'mem_sheets' names {', '.join(map(repr, stray))}, not in 'datasets' ({', '.join(self.datasets)})")

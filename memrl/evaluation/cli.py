@@ -55,6 +55,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lam", type=float, default=None, help="reward weight of the memorization term (default 1); short for --set reward.lam=X")
     p.add_argument("--mu", type=float, default=None, help="reward weight of the trainable fraction (default 0.1); short for --set reward.mu=X")
     p.add_argument("--mem-metric", default=None, choices=list(MEM_METRICS), help="memorization metric used in the reward (default nn_own_rate); short for --set reward.mem_metric=X")
+    p.add_argument("--resolution", type=int, default=None, metavar="PIXELS", help="train and sample at PIXELS x PIXELS instead of the model's native size (SD 1.5: 512; the published runs used 224); a multiple of the VAE factor; part of the cache key (config: env.resolution)")
     p.add_argument("--granularity", default="attention", choices=list(GRANULARITIES), help="what a mask bit switches: each attention block (default, SD's 16 transformer blocks), attention blocks and resnets, or whole down/mid/up blocks")
     p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 4); short for --set finetune.rank=N")
     p.add_argument("--random-words", type=int, default=None, metavar="K", help="mitigation (Somepalli et al. 2023): insert K random words, drawn from the training captions' own words, at random positions of every caption each time it is drawn (default 0: off); short for --set finetune.caption_random_words=K")
@@ -88,7 +89,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise MemrlError(f"--out {out} is a file; give a folder")
-    ev = Evaluator(args.pretrained, device=device, granularity=args.granularity, feature_net=args.feature_net)
+    ev = Evaluator(args.pretrained, device=device, granularity=args.granularity, feature_net=args.feature_net, resolution=args.resolution)
     data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels, **dataset_options(args))
     ev.check_data(data)
     check_mem_sheet(data, cfg, args.mem_sheet)

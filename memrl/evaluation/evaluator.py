@@ -211,11 +211,14 @@ class Evaluator:
         cache: EvalCache | str | Path | None = None,
         feature_net: str | Path | None = None,
         granularity: str = "attention",
+        resolution: int | None = None,
     ) -> None:
         """``feature_net``: a feature-network folder or ``package.module:callable`` (see
-        :func:`load_feature_net`); default: ``PRETRAINED/feature_net``."""
+        :func:`load_feature_net`); default: ``PRETRAINED/feature_net``. ``resolution``: train and
+        sample at this many pixels instead of the model's native size (part of the cache key)."""
         self.pretrained_dir = Path(pretrained)
-        self.model = DiffusionModel.from_pretrained(self.pretrained_dir, device=device)
+        self.model = DiffusionModel.from_pretrained(self.pretrained_dir, device=device).set_resolution(resolution)
+        self.resolution = resolution
         net, self.feature_net_hash = load_feature_net(feature_net, self.pretrained_dir, self.model.image_channels, self.model.image_size)
         #: FID/KID, nearest neighbours and the dataset descriptor all use this one network.
         self.feature_net = net.to(device)
@@ -295,7 +298,10 @@ class Evaluator:
     # ------------------------------------------------------------------ keys
     def request(self, data: DatasetSplits, mask: Mask, cfg: EvalConfig) -> dict:
         """Everything that decides a result (the cache key's content); see :func:`build_request`."""
-        return build_request(self.model_hash, self.feature_net_hash, self.units, self.granularity, data.fingerprint(), mask.bitstring, cfg, runtime_key(self.device, self.dtype))
+        req = build_request(self.model_hash, self.feature_net_hash, self.units, self.granularity, data.fingerprint(), mask.bitstring, cfg, runtime_key(self.device, self.dtype))
+        if self.resolution is not None:  # left out at the native size: every stored key stays valid
+            req["resolution"] = int(self.resolution)
+        return req
 
     # ------------------------------------------------------------------ main entry
     def evaluate(

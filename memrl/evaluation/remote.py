@@ -76,9 +76,12 @@ class EvaluatorSpec:
     cache: str | None = None
     granularity: str = "attention"
     feature_net: str | None = None
+    resolution: int | None = None
 
     def build(self) -> Evaluator:
-        return Evaluator(self.pretrained, device=self.device, cache=self.cache, feature_net=self.feature_net, granularity=self.granularity)
+        return Evaluator(
+            self.pretrained, device=self.device, cache=self.cache, feature_net=self.feature_net, granularity=self.granularity, resolution=self.resolution
+        )
 
 
 class EvaluationActor:
@@ -211,10 +214,13 @@ def build_evaluator(env: Any, cache: EvalCache | str | Path | None = FROM_ENV) -
     ray); ``cache``: default ``env.cache`` (``None``: none yet; set ``evaluator.cache`` later)."""
     cache = env.cache if cache is FROM_ENV else cache
     feature_net = getattr(env, "feature_net", None)
+    resolution = getattr(env, "resolution", None)
     if getattr(env, "ray", None) is None:
-        return Evaluator(env.pretrained, device=env.device, cache=cache, granularity=env.granularity, feature_net=feature_net)
+        return Evaluator(env.pretrained, device=env.device, cache=cache, granularity=env.granularity, feature_net=feature_net, resolution=resolution)
     loc = cache.url if isinstance(cache, EvalCache) else (str(cache) if cache is not None else None)
-    spec = EvaluatorSpec(_absolute(env.pretrained), device=env.device, cache=_absolute(loc), granularity=env.granularity, feature_net=_absolute(feature_net))
+    spec = EvaluatorSpec(
+        _absolute(env.pretrained), device=env.device, cache=_absolute(loc), granularity=env.granularity, feature_net=_absolute(feature_net), resolution=resolution
+    )
     return RayEvaluator(spec, env.ray)
 
 

@@ -116,6 +116,8 @@ class DiffusionModel(torch.nn.Module):
         self.scheduler = scheduler
         self.vae = vae
         self.saved_scheduler = saved_scheduler
+        #: Latent side used instead of the UNet config's ``sample_size`` (see :meth:`set_resolution`).
+        self._latent_side: int | None = None
 
     # ------------------------------------------------------------------ shapes
     @property
@@ -125,7 +127,25 @@ class DiffusionModel(torch.nn.Module):
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         c = self.unet.config
-        return (int(c.in_channels), int(c.sample_size), int(c.sample_size))
+        side = self._latent_side or int(c.sample_size)
+        return (int(c.in_channels), side, side)
+
+    @property
+    def vae_factor(self) -> int:
+        """Pixels per latent cell: ``2 ** (VAE blocks - 1)`` (SD: 8), 1 for a pixel-space model."""
+        return 1 if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    def set_resolution(self, pixels: int | None) -> "DiffusionModel":
+        """Train and sample at ``pixels`` x ``pixels`` instead of the folder's native size (SD 1.5:
+        512; the published MemControl runs fine-tuned it at 224). ``None``: the native size.
+        The UNet is convolutional, so any multiple of the VAE factor works; the folder is not changed."""
+        if pixels is None:
+            self._latent_side = None
+            return self
+        if isinstance(pixels, bool) or not isinstance(pixels, int) or pixels <= 0 or pixels % self.vae_factor:
+            raise MemrlError(f"resolution must be a positive multiple of the VAE factor {self.vae_factor}, got {pixels!r}")
+        self._latent_side = pixels // self.vae_factor
+        return self
 
     @property
     def image_channels(self) -> int:
@@ -133,9 +153,7 @@ class DiffusionModel(torch.nn.Module):
 
     @property
     def image_size(self) -> int:
-        if self.vae is None:
-            return self.latent_shape[1]
-        return self.latent_shape[1] * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.latent_shape[1] * self.vae_factor
 
     # ------------------------------------------------------------------ conditioning
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
