@@ -228,3 +228,33 @@ def test_train_with_ground_truth_reports_regret(setup, tmp_path, capsys):
     bad = tmp_path / "bad"
     assert main(["train", "--config", str(cfg), "--out", str(bad), "--ground-truth", str(empty), "--lookup", str(setup["tables"])]) == 2
     assert not bad.exists() and "ground_truth" in capsys.readouterr().err
+
+
+def test_bench_context_scores_each_pick_by_the_table(setup, tmp_path, capsys):
+    """experiments/bench_context.py: the reward model with and without the descriptor, fitted on the
+    policy run's evaluations (on inverted), zero-shot on thick; each reported regret and rank is the
+    table's for the mask reported; a dataset the run trained on is refused."""
+    spec = importlib.util.spec_from_file_location("bench_context", ROOT / "experiments" / "bench_context.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    md = tmp_path / "context.md"
+    base = ["--run", str(setup["policy"]), "--tables", str(setup["tables"]), "--config", str(setup["config"])]
+    assert mod.main([*base, "--datasets", "thick", "--train-datasets", "inverted", "--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert text.strip() in capsys.readouterr().out
+    env = mod.BS.load_env(setup["config"])
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    ev = LookupEvaluator.from_dir(setup["tables"])
+    ev.set_feature_net(Path(env.pretrained) / "feature_net")
+    truth = mod.BS.ground_truth(ev, env, "thick")
+    row = next(_cells(x) for x in text.splitlines() if x.startswith("| thick |"))
+    for cell in row[1:3]:  # "regret (rank), rho `bits`"
+        bits = cell.split("`")[1]
+        assert float(cell.split(" ")[0]) == pytest.approx(truth["r_max"] - truth["rewards"][bits], abs=1e-3)
+        assert int(cell.split("(")[1].split(")")[0]) == mod.BT.rank_of(truth, truth["rewards"][bits])
+    fixed = max(mod.BS.ground_truth(ev, env, "inverted")["rewards"].items(), key=lambda kv: kv[1])[0]
+    assert float(row[3].split(" ")[0]) == pytest.approx(truth["r_max"] - truth["rewards"][fixed], abs=1e-3)
+    assert "Verdict: lowest mean regret over 1 test member(s)" in text
+    assert mod.main([*base, "--datasets", "inverted"]) == 2
+    assert "trained on inverted" in capsys.readouterr().err

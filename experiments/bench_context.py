@@ -1,0 +1,168 @@
+"""Does the dataset descriptor help pick a mask for a new dataset? The reward model with and without it.
+
+    python experiments/bench_context.py --run runs/amortised-s0 [--tables experiments/results/exhaustive] \\
+        [--datasets family:80 ...] [--config experiments/exhaustive.yaml] [--markdown FILE]
+
+A policy can only beat the best fixed mask if what tells datasets apart (the descriptor) predicts
+which mask is good. This asks that directly, with the real evaluations an amortised ``memrl
+train`` run spent on the family's *training* members (``RUN/evaluations.csv``, failures left
+out) and the run's own descriptor basis (``RUN/descriptor.json``):
+
+* **with context**: memrl's reward model (:class:`memrl.agents.surrogate.RewardSurrogate`, a
+  Gaussian process) on descriptor + effective mask bits;
+* **without context**: the same model on the mask bits alone (one reward surface for every
+  dataset: the data's estimate of a best fixed mask).
+
+For every test member with a complete exhaustive table, each model's zero-shot pick (the mask
+with the highest predicted reward among all masks) is scored by the table: regret
+(``r_max - r``), rank among the masks and the Spearman correlation of the model's predicted
+rewards with the table's (how well it orders masks on a dataset it never saw). Beside them: the
+best fixed mask of the training members' tables (when any exist) and a random mask. Nothing is
+fine-tuned; it runs in seconds. The verdict line says which pick has the lower mean regret.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+
+
+def _load(name: str):  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+BS = _load("bench_search")
+BT = _load("bench_transfer")
+
+
+def training_rows(run: Path) -> list[tuple[str, str, float]]:
+    """``(dataset, effective mask bits, reward)`` of the run's real, successful evaluations."""
+    rows = []
+    with open(run / "evaluations.csv", newline="") as f:
+        for r in csv.DictReader(f):
+            if r.get("failed") == "True" or not r.get("reward"):
+                continue
+            rows.append((r["dataset"], r["mask_bits"], float(r["reward"])))
+    return rows
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="an amortised memrl train run folder (evaluations.csv, descriptor.json, config.yaml)")
+    ap.add_argument("--tables", default="experiments/results/exhaustive", help="folder of lookup tables (*.jsonl)")
+    ap.add_argument("--datasets", nargs="+", default=None, help="datasets to test on (default: every test member with a complete table)")
+    ap.add_argument("--train-datasets", nargs="+", default=None, help="datasets whose tables give the best fixed mask (default: every training member with a complete table)")
+    ap.add_argument("--config", default="experiments/exhaustive.yaml", help="the env the tables were made with")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the reward model's optimiser restarts")
+    ap.add_argument("--markdown", default=None, help="also write the markdown to this file")
+    args = ap.parse_args(argv)
+    t0 = time.time()
+
+    from memrl.agents.surrogate import RewardSurrogate, SurrogateFeatures
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.descriptor import DescriptorBasis
+    from memrl.errors import MemrlError
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    run, tables = Path(args.run), Path(args.tables)
+    try:
+        env = BS.load_env(args.config)
+        ev = LookupEvaluator.from_dir(tables)
+        if ev.feature_net is None:
+            ev.set_feature_net(Path(env.pretrained) / "feature_net")
+        net = ev.require_feature_net()
+        basis = DescriptorBasis.load(run / "descriptor.json")
+        rows = training_rows(run)
+        if not rows:
+            raise MemrlError(f"{run}/evaluations.csv has no successful evaluation yet")
+        names = BS.table_datasets(tables)
+        test_names = args.datasets or [d for d in names if BT.split_of(d) == "test"]
+        train_names = args.train_datasets or [d for d in names if BT.split_of(d) == "train"]
+        truths = {d: t for d in test_names if (t := BS.ground_truth(ev, env, d)) is not None}
+        train_truths = {d: t for d in train_names if (t := BS.ground_truth(ev, env, d)) is not None}
+    except MemrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not truths:
+        print(f"error: no test dataset has a complete table under {tables}", file=sys.stderr)
+        return 2
+    leak = sorted({d for d, _, _ in rows} & set(truths))
+    if leak:
+        print(f"error: {run} trained on {', '.join(leak)}, a dataset tested here", file=sys.stderr)
+        return 2
+
+    desc: dict[str, np.ndarray] = {}
+    for d in sorted({d for d, _, _ in rows} | set(truths)):
+        desc[d] = basis.describe(net, load_dataset(d, ev.image_size, ev.image_channels))
+    n_units = len(ev.units)
+    y = np.asarray([r for _, _, r in rows])
+    with_ctx = SurrogateFeatures(basis.dim, n_units)
+    without = SurrogateFeatures(0, n_units)
+    models = {
+        "with context": (with_ctx, RewardSurrogate(seed=args.seed).fit(with_ctx.matrix([(desc[d], b, env.method) for d, b, _ in rows]), y)),
+        "without context": (without, RewardSurrogate(seed=args.seed).fit(without.matrix([((), b, env.method) for _, b, _ in rows]), y)),
+    }
+    fixed = BT.best_fixed(train_truths)[0][0] if train_truths else None
+
+    lines = [
+        f"Reward model zero-shot on test members: {len(rows)} real evaluations of `{run}` on "
+        f"{len({d for d, _, _ in rows})} training members (descriptor basis of that run); ground truth: the tables under `{tables}` "
+        f"(seed {env.seed}). Regret = r_max - r; rank among {n_units and 2 ** n_units} masks; rho = Spearman of predicted vs true rewards over all masks.",
+        "",
+        "| dataset | with context: regret (rank), rho | without context: regret (rank), rho | best fixed" + (f" `{fixed}`" if fixed else "") + " | random (expected) |",
+        "|---|---|---|---|---|",
+    ]
+    regrets: dict[str, list[float]] = {k: [] for k in (*models, "best fixed", "random")}
+    for d, t in truths.items():
+        masks = sorted(t["rewards"])
+        true = np.asarray([t["rewards"][m] for m in masks])
+        cells = []
+        for name, (feats, model) in models.items():
+            ctx = desc[d] if feats.descriptor_dim else ()
+            mean, _ = model.predict(feats.matrix([(ctx, m, env.method) for m in masks]))
+            pick = masks[int(np.argmax(mean))]
+            reg = t["r_max"] - t["rewards"][pick]
+            regrets[name].append(reg)
+            cells.append(f"{reg:.3f} ({BT.rank_of(t, t['rewards'][pick])}), {spearman(mean, true):.2f} `{pick}`")
+        if fixed is not None and fixed in t["rewards"]:
+            reg = t["r_max"] - t["rewards"][fixed]
+            regrets["best fixed"].append(reg)
+            cells.append(f"{reg:.3f} ({BT.rank_of(t, t['rewards'][fixed])})")
+        else:
+            cells.append("n/a")
+        regrets["random"].append(float(t["r_max"] - true.mean()))
+        cells.append(f"{regrets['random'][-1]:.3f} ({(len(true) + 1) / 2:.0f})")
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    means = {k: float(np.mean(v)) for k, v in regrets.items() if v}
+    lines += ["", "Mean regret: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()) + "."]
+    if fixed is not None:
+        lines.append(f"The best fixed mask comes from {len(train_truths)} training table(s) ({', '.join(train_truths)}), every mask evaluated on each.")
+    best = min(means, key=means.get)
+    lines.append(f"Verdict: lowest mean regret over {len(truths)} test member(s): **{best}**.")
+    print("\n".join(lines))
+    if args.markdown:
+        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.markdown).write_text("\n".join(lines) + "\n")
+    print(f"({time.time() - t0:.0f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
