@@ -349,3 +349,24 @@ def _rgb_feature_net(root):  # noqa: ANN001, ANN202
     if not out.is_dir():
         FeatureNet(channels=3).save_pretrained(out)
     return out
+
+
+# ---------------------------------------------------------------------- hub ids
+def test_a_hub_id_offline_with_nothing_cached_is_one_line_naming_the_way_out(monkeypatch, tmp_path):
+    from memrl.models.pipeline import resolve_model_location
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(MemrlError, match=r"model 'someone/sd-model' is not a local folder.*save_pretrained\(FOLDER\)") as exc:
+        resolve_model_location("someone/sd-model")
+    assert "\n" not in str(exc.value)
+    # a local folder (even one whose name looks like a hub id) is used as it is, and a missing one is left to the loader's error
+    local = tmp_path / "owner" / "name"
+    local.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_model_location("owner/name") == local.relative_to(tmp_path)
+    assert resolve_model_location(str(tmp_path / "nowhere")) == tmp_path / "nowhere"

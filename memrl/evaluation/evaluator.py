@@ -40,7 +40,7 @@ from memrl.metrics import memorization as mm
 from memrl.metrics.quality import _Features
 from memrl.data.image_store import LazyImages, image_chunks
 from memrl.models.feature_net import FeatureNet
-from memrl.models.pipeline import DiffusionModel
+from memrl.models.pipeline import DiffusionModel, resolve_model_location
 from memrl.metrics.names import SUMMARY_METRICS
 from memrl.peft_masking import Mask, enumerate_units, trainable_units
 from memrl.training.finetune import FinetuneConfig, autocast_for, finetune, probe_groups
@@ -216,7 +216,7 @@ class Evaluator:
         """``feature_net``: a feature-network folder or ``package.module:callable`` (see
         :func:`load_feature_net`); default: ``PRETRAINED/feature_net``. ``resolution``: train and
         sample at this many pixels instead of the model's native size (part of the cache key)."""
-        self.pretrained_dir = Path(pretrained)
+        self.pretrained_dir = resolve_model_location(pretrained)  # a folder, or a Hub id fetched once into the HF cache
         self.model = DiffusionModel.from_pretrained(self.pretrained_dir, device=device).set_resolution(resolution)
         self.resolution = resolution
         net, self.feature_net_hash = load_feature_net(feature_net, self.pretrained_dir, self.model.image_channels, self.model.image_size)

@@ -30,6 +30,7 @@ A folder with a ``vae/`` and a transformers tokenizer is saved with a ``StableDi
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 from typing import Callable, Sequence
@@ -93,6 +94,36 @@ def _load_schedulers(folder: Path, latent: bool) -> tuple[DDPMScheduler, Schedul
     if own is None or own is DDPMScheduler or not (isinstance(own, type) and issubclass(own, SchedulerMixin)):
         return scheduler, None
     return scheduler, own.from_config(config)
+
+
+#: A Hugging Face Hub repository id (``owner/name``), as opposed to a local folder.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+#: What of a hub repository a diffusers model folder needs (safetensors weights, configs, vocabularies).
+HUB_PATTERNS = ["model_index.json", "scheduler/*.json", "tokenizer/*"] + [f"{part}/{f}" for part in ("unet", "vae", "text_encoder") for f in ("config.json", "*.safetensors")]
+#: Weight variants a model folder does not need (diffusers loads the plain file).
+HUB_IGNORE = ["*.fp16.*", "*non_ema*", "*.ema.*"]
+
+
+def resolve_model_location(spec: str | Path) -> Path:
+    """A model folder for ``spec``: a local folder as it is, or a Hub id (``owner/name``)
+    downloaded once into the Hugging Face cache (safetensors and configs only) and answered from
+    it afterwards, offline too. Offline (``HF_HUB_OFFLINE=1``) with nothing cached, or a name that
+    is neither, is one clear line."""
+    path = Path(spec).expanduser()
+    if path.is_dir() or not _HUB_ID.match(str(spec)):
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(spec), allow_patterns=HUB_PATTERNS, ignore_patterns=HUB_IGNORE))
+    except Exception as exc:  # noqa: BLE001 - offline, unknown repository, gated model, network: one line each
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise MemrlError(
+            f"model {spec!r} is not a local folder and could not be fetched from the Hugging Face Hub ({why}); "
+            f"on a machine that is online, save it with StableDiffusionPipeline.from_pretrained({str(spec)!r}).save_pretrained(FOLDER) "
+            "and pass --pretrained FOLDER"
+        ) from None
 
 
 class DiffusionModel(torch.nn.Module):
