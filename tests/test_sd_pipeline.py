@@ -370,3 +370,36 @@ def test_a_hub_id_offline_with_nothing_cached_is_one_line_naming_the_way_out(mon
     monkeypatch.chdir(tmp_path)
     assert resolve_model_location("owner/name") == local.relative_to(tmp_path)
     assert resolve_model_location(str(tmp_path / "nowhere")) == tmp_path / "nowhere"
+
+
+# ---------------------------------------------------------------------- replay end to end
+@pytest.mark.slow
+def test_memrl_replay_on_the_tiny_sd_pipeline_writes_a_pipeline_diffusers_samples_from(tiny_sd_dir, rgb_data, rgb_feature_net, tmp_path, capsys):
+    """A policy trained for two steps on the tiny SD pipeline (its own RGB folder, its feature
+    network), replayed with `memrl replay` on another folder: OUT/model loads in
+    StableDiffusionPipeline and samples, and OUT/adapter's LoRA loads into the base pipeline."""
+    from memrl.agents.config import TrainConfig
+    from memrl.agents.train import train
+    from memrl.cli import main
+
+    tiny = {"finetune": {"steps": 3, "batch_size": 8, "n_mem": 2, "n_repeats": 2}, "n_fid_samples": 16, "inference_steps": 2,
+            "gens_per_prompt": 2, "noise_norm_timesteps": [500], "noise_norm_draws": 1, "fid_bootstrap": 0}  # fmt: skip
+    env = {"pretrained": str(tiny_sd_dir), "feature_net": str(rgb_feature_net), "datasets": [str(rgb_data[1])], "method": "lora",
+           "preset": "quick", "eval_overrides": tiny, "seed": 0}  # fmt: skip
+    run = tmp_path / "run"
+    cfg = TrainConfig.from_dict(
+        {"env": env, "ppo": {"n_steps": 2, "batch_size": 2, "n_epochs": 1},
+         "train": {"total_timesteps": 2, "checkpoint_every": 2, "random_masks": 0, "optuna": False, "final_pictures": False}}  # fmt: skip
+    )
+    train(cfg, run, progress=False, echo=lambda _s: None)
+    other = write_shapes_folder(tmp_path / "hospital-b", 40, unique=True, offset=500)
+    out = tmp_path / "replay"
+    assert main(["replay", "--policy", str(run / "policy.zip"), "--dataset", str(other), "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    pipe = _sd_pipeline(out / "model")
+    img = pipe("a red square", num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert img.shape == (1, 32, 32, 3) and torch.isfinite(torch.as_tensor(img)).all()
+    base = _sd_pipeline(tiny_sd_dir)
+    base.load_lora_weights(str(out / "adapter"))  # the adapter, for users who keep their base pipeline
+    report = json.loads((out / "report.json").read_text())
+    assert len(report["mask_bits"]) == 16 and report["saved"]["model"] == str(out / "model")
