@@ -69,6 +69,10 @@ def test_env_config_switches_to_ray_and_errors_come_back_as_raised(local_ray, qu
     with pytest.raises(MemrlError, match="mask"):  # the caller's mistake, raised in the actor, comes back as a MemrlError
         ev._cached_run(load_dataset("inverted"), other_units, preset("quick"), None, False)
     ev.close()
+    # env.resolution reaches the actor's spec and the driver's copy (which loads the datasets)
+    sized = build_evaluator(with_ray(env.with_(resolution=32), ""))
+    assert sized.spec.resolution == 32 and sized.image_size == 32
+    sized.close()
     with pytest.raises(MemrlError, match="env.ray: unknown key"):
         EnvConfig(pretrained=str(quick_model_dir[0]), ray={"gpus": 1})
     with pytest.raises(MemrlError, match="num_gpus must be a number"):

@@ -140,7 +140,7 @@ class RayEvaluator(Evaluator):
         self._actor = None
         self._data_refs: dict[str, Any] = {}
         # the driver's copy, on the CPU: units, masks, dataset checks and the descriptor's network
-        super().__init__(spec.pretrained, device="cpu", cache=None, feature_net=spec.feature_net, granularity=spec.granularity)
+        super().__init__(spec.pretrained, device="cpu", cache=None, feature_net=spec.feature_net, granularity=spec.granularity, resolution=spec.resolution)
         self.cache = spec.cache
 
     @property
