@@ -376,8 +376,9 @@ def test_a_hub_id_offline_with_nothing_cached_is_one_line_naming_the_way_out(mon
 @pytest.mark.slow
 def test_memrl_replay_on_the_tiny_sd_pipeline_writes_a_pipeline_diffusers_samples_from(tiny_sd_dir, rgb_data, rgb_feature_net, tmp_path, capsys):
     """A policy trained for two steps on the tiny SD pipeline (its own RGB folder, its feature
-    network), replayed with `memrl replay` on another folder: OUT/model loads in
-    StableDiffusionPipeline and samples, and OUT/adapter's LoRA loads into the base pipeline."""
+    network), replayed with `memrl replay` on another folder whose captions repeat (one per
+    class, as real sheets have): OUT/model loads in StableDiffusionPipeline and samples, and
+    OUT/adapter's LoRA loads into the base pipeline."""
     from memrl.agents.config import TrainConfig
     from memrl.agents.train import train
     from memrl.cli import main
@@ -392,7 +393,7 @@ def test_memrl_replay_on_the_tiny_sd_pipeline_writes_a_pipeline_diffusers_sample
          "train": {"total_timesteps": 2, "checkpoint_every": 2, "random_masks": 0, "optuna": False, "final_pictures": False}}  # fmt: skip
     )
     train(cfg, run, progress=False, echo=lambda _s: None)
-    other = write_shapes_folder(tmp_path / "hospital-b", 40, unique=True, offset=500)
+    other = write_shapes_folder(tmp_path / "hospital-b", 40, unique=False, offset=500)  # class-level captions, which repeat
     out = tmp_path / "replay"
     assert main(["replay", "--policy", str(run / "policy.zip"), "--dataset", str(other), "--out", str(out), "--no-progress"]) == 0
     capsys.readouterr()
@@ -403,3 +404,4 @@ def test_memrl_replay_on_the_tiny_sd_pipeline_writes_a_pipeline_diffusers_sample
     base.load_lora_weights(str(out / "adapter"))  # the adapter, for users who keep their base pipeline
     report = json.loads((out / "report.json").read_text())
     assert len(report["mask_bits"]) == 16 and report["saved"]["model"] == str(out / "model")
+    assert report["metrics"]["memorization_set"] == 2 and 0 <= report["metrics"]["nn_own_rate"] <= 1
