@@ -130,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|",
     ]
     regrets: dict[str, list[float]] = {k: [] for k in (*models, "best fixed", "random")}
+    ranks: dict[str, list[int]] = {k: [] for k in (*models, "best fixed")}
+    rhos: dict[str, list[float]] = {k: [] for k in models}
     for d, t in truths.items():
         masks = sorted(t["rewards"])
         true = np.asarray([t["rewards"][m] for m in masks])
@@ -140,11 +142,14 @@ def main(argv: list[str] | None = None) -> int:
             pick = masks[int(np.argmax(mean))]
             reg = t["r_max"] - t["rewards"][pick]
             regrets[name].append(reg)
-            cells.append(f"{reg:.3f} ({BT.rank_of(t, t['rewards'][pick])}), {spearman(mean, true):.2f} `{pick}`")
+            ranks[name].append(BT.rank_of(t, t["rewards"][pick]))
+            rhos[name].append(spearman(mean, true))
+            cells.append(f"{reg:.3f} ({ranks[name][-1]}), {rhos[name][-1]:.2f} `{pick}`")
         if fixed is not None and fixed in t["rewards"]:
             reg = t["r_max"] - t["rewards"][fixed]
             regrets["best fixed"].append(reg)
-            cells.append(f"{reg:.3f} ({BT.rank_of(t, t['rewards'][fixed])})")
+            ranks["best fixed"].append(BT.rank_of(t, t["rewards"][fixed]))
+            cells.append(f"{reg:.3f} ({ranks['best fixed'][-1]})")
         else:
             cells.append("n/a")
         regrets["random"].append(float(t["r_max"] - true.mean()))
@@ -152,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     means = {k: float(np.mean(v)) for k, v in regrets.items() if v}
     lines += ["", "Mean regret: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()) + "."]
+    lines.append("Median rank: " + ", ".join(f"{k} {float(np.median(v)):g}" for k, v in ranks.items() if v) + "; mean rho: " + ", ".join(f"{k} {float(np.mean(v)):.2f}" for k, v in rhos.items()) + ".")
     if fixed is not None:
         lines.append(f"The best fixed mask comes from {len(train_truths)} training table(s) ({', '.join(train_truths)}), every mask evaluated on each.")
     best = min(means, key=means.get)
