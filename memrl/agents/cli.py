@@ -6,15 +6,8 @@ import argparse
 import json
 import sys
 
+from memrl.evaluation.cli import FEATURE_NET_HELP
 from memrl.utils.overrides import add_set_argument
-
-
-FEATURE_NET_HELP = (
-    "feature network of FID/KID, nearest-neighbour memorization and the dataset descriptor: a memrl feature-network folder "
-    "(config.json + model.safetensors; memrl pretrain writes MODEL/feature_net, memrl feature-net trains one on a public "
-    "image folder) or package.module:callable returning an nn.Module with num_features that maps N x C x H x W images in "
-    "[-1, 1] to N x num_features (your domain model); part of every cache key"
-)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

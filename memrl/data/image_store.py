@@ -139,6 +139,16 @@ def image_chunks(images: "torch.Tensor | LazyImages", size: int = CHUNK) -> Iter
         yield images[i : i + size]
 
 
+def passes(images: "torch.Tensor | LazyImages") -> Iterator[torch.Tensor]:
+    """``images`` for a consumer that accumulates over batches: a tensor whole, in one pass (the
+    computation every stored result was made with: batching can change float rounding), lazy
+    images a decoded chunk at a time."""
+    if isinstance(images, LazyImages):
+        yield from images.chunks()
+    else:
+        yield images
+
+
 def as_tensor(images: "torch.Tensor | LazyImages") -> torch.Tensor:
     """The images as one tensor (decodes lazy images: for small sets such as the memorization probe)."""
     return images.materialize() if isinstance(images, LazyImages) else images

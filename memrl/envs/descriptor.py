@@ -24,7 +24,7 @@ import torch
 from sklearn.decomposition import PCA
 
 from memrl.data.dataset import DatasetSplits
-from memrl.data.image_store import LazyImages, image_chunks
+from memrl.data.image_store import LazyImages, image_chunks, passes
 from memrl.errors import MemrlError
 
 #: Extra scalar entries after the PCA mean and spread.
@@ -36,8 +36,7 @@ def _features(feature_net: torch.nn.Module, images: torch.Tensor | LazyImages) -
     lazy images a decoded chunk at a time."""
     with torch.no_grad():
         p = next(feature_net.parameters())
-        chunks = image_chunks(images) if isinstance(images, LazyImages) else [images]
-        return torch.cat([feature_net(c.to(p.device, p.dtype)).double().cpu() for c in chunks]).numpy()
+        return torch.cat([feature_net(c.to(p.device, p.dtype)).double().cpu() for c in passes(images)]).numpy()
 
 
 def _pixel_mean_std(images: torch.Tensor | LazyImages) -> tuple[float, float]:

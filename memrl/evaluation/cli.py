@@ -12,6 +12,15 @@ from memrl.utils.overrides import add_set_argument
 DEFAULT_MODEL = os.environ.get("MEMRL_MODEL", "runs/digits-base")
 
 
+#: ``--feature-net`` of memrl evaluate, train, search and replay (each adds where its default comes from).
+FEATURE_NET_HELP = (
+    "feature network of FID/KID, nearest-neighbour memorization and the dataset descriptor: a memrl feature-network folder "
+    "(config.json + model.safetensors; memrl pretrain writes MODEL/feature_net, memrl feature-net trains one on a public "
+    "image folder) or package.module:callable returning an nn.Module with num_features that maps N x C x H x W images in "
+    "[-1, 1] to N x num_features (your domain model); part of every cache key"
+)
+
+
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     from memrl.evaluation.config import PRESETS
     from memrl.metrics.names import MEM_METRICS
@@ -39,9 +48,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--feature-net",
         default=None,
         metavar="FOLDER|MODULE:CALLABLE",
-        help="feature network of FID/KID and nearest-neighbour memorization: a memrl feature-network folder (config.json + model.safetensors; "
-        "memrl feature-net trains one on public images) or package.module:callable returning an nn.Module with num_features that maps "
-        "N x C x H x W images in [-1, 1] to N x num_features (your domain model); default: MODEL/feature_net; part of the cache key",
+        help=FEATURE_NET_HELP + "; default: MODEL/feature_net",
     )
     p.add_argument("--out", required=True, help="folder for the sample grid and the nearest-neighbour picture (and result.json)")
     p.add_argument("--cache", default=None, help="evaluation cache for the reference run (full fine-tuning, computed once per dataset and budget): an SQLite file, sqlite:///PATH or postgresql://USER@HOST:PORT/DB (pip install 'memrl[postgres]'); default: inside --out, OUT/evaluations.sqlite. Share one cache between evaluations to compute the reference once")

@@ -38,7 +38,7 @@ from memrl.evaluation.config import EvalConfig
 from memrl.evaluation.reward import reward as compute_reward
 from memrl.metrics import memorization as mm
 from memrl.metrics.quality import _Features
-from memrl.data.image_store import LazyImages, image_chunks
+from memrl.data.image_store import passes
 from memrl.models.feature_net import FeatureNet
 from memrl.models.pipeline import DiffusionModel, resolve_model_location
 from memrl.metrics.names import SUMMARY_METRICS
@@ -117,6 +117,7 @@ def build_request(
     mask_bits: str,
     cfg: EvalConfig,
     runtime: dict | None,
+    resolution: int | None = None,
 ) -> dict:
     """The content of a cache key, computable without loading a model (the lookup evaluator uses it).
 
@@ -127,7 +128,8 @@ def build_request(
     Compatibility rule: a fine-tuning field added after keys were stored (the mitigation options,
     :data:`KEY_FIELDS_OMITTED_AT_DEFAULT`) is left out of the request while it is at its default,
     so every stored evaluation and lookup-table row keeps its key; set to anything else it is part
-    of the key like any other field. EVAL_VERSION is bumped only when a result would change.
+    of the key like any other field. The same holds for ``resolution`` (a size below the model's
+    native one): absent at the native size. EVAL_VERSION is bumped only when a result would change.
     """
     if cfg.finetune.granularity != granularity:
         cfg = replace(cfg, finetune=replace(cfg.finetune, granularity=granularity))
@@ -136,7 +138,7 @@ def build_request(
     for name in KEY_FIELDS_OMITTED_AT_DEFAULT:
         if config["finetune"][name] == _FINETUNE_DEFAULTS[name]:
             del config["finetune"][name]
-    return {
+    request = {
         "eval_version": EVAL_VERSION,
         "model": model_hash,
         "feature_net": feature_net_hash,
@@ -148,6 +150,9 @@ def build_request(
         "config": config,
         "runtime": runtime,
     }
+    if resolution is not None:
+        request["resolution"] = int(resolution)
+    return request
 
 
 #: What each fine-tuning field is when nobody sets it (for the rule above).
@@ -298,10 +303,9 @@ class Evaluator:
     # ------------------------------------------------------------------ keys
     def request(self, data: DatasetSplits, mask: Mask, cfg: EvalConfig) -> dict:
         """Everything that decides a result (the cache key's content); see :func:`build_request`."""
-        req = build_request(self.model_hash, self.feature_net_hash, self.units, self.granularity, data.fingerprint(), mask.bitstring, cfg, runtime_key(self.device, self.dtype))
-        if self.resolution is not None:  # left out at the native size: every stored key stays valid
-            req["resolution"] = int(self.resolution)
-        return req
+        return build_request(
+            self.model_hash, self.feature_net_hash, self.units, self.granularity, data.fingerprint(), mask.bitstring, cfg, runtime_key(self.device, self.dtype), self.resolution
+        )
 
     # ------------------------------------------------------------------ main entry
     def evaluate(
@@ -583,10 +587,8 @@ class Evaluator:
                     feat = _Features(self.feature_net)
                 fid = FrechetInceptionDistance(feature=feat, reset_real_features=False)
                 kid = KernelInceptionDistance(feature=feat, subsets=50, subset_size=sub, reset_real_features=False)
-                # a tensor in one pass (as every stored result was computed); lazy images by chunk
-                parts = image_chunks(real) if isinstance(real, LazyImages) else [real]
                 real_f_parts = []
-                for chunk in parts:
+                for chunk in passes(real):
                     fid.update(chunk, real=True)
                     kid.update(chunk, real=True)
                     with torch.no_grad():

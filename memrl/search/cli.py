@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from memrl.evaluation.cli import FEATURE_NET_HELP
 from memrl.utils.overrides import add_set_argument
 
 #: ``memrl search`` flags that set one config key (flag, attribute, key).
@@ -96,8 +97,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--feature-net",
         default=None,
         metavar="FOLDER|MODULE:CALLABLE",
-        help="feature network of FID/KID and nearest-neighbour memorization: a memrl feature-network folder or package.module:callable "
-        "returning an nn.Module with num_features (your domain model); overrides env.feature_net (default MODEL/feature_net); part of every cache key",
+        help=FEATURE_NET_HELP + "; overrides env.feature_net (default MODEL/feature_net)",
     )
     add_set_argument(
         p,
