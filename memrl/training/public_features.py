@@ -39,7 +39,8 @@ def train_public_feature_net(
         raise MemrlError(f"--size must be >= 16 (the network works at 16 x 16), got {image_size}")
     if epochs < 1:
         raise MemrlError(f"--epochs must be >= 1, got {epochs}")
-    data = load_dataset(spec, image_size, channels, caption_column=caption_column, image_column=image_column)
+    # decoded at once (lazy=False): training draws random batches of all of them, at a small size
+    data = load_dataset(spec, image_size, channels, caption_column=caption_column, image_column=image_column, lazy=False)
     images = torch.cat([data.train.images, data.heldout.images])
     captions = list(data.train.captions) + list(data.heldout.captions)
     classes = sorted(set(captions))
