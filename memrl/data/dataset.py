@@ -90,7 +90,7 @@ class CaptionedImages:
             h.update(c.encode("utf-8") + b"\0")
         key = h.hexdigest()[:16]
         if self.lazy:  # files do not change under a run; a tensor may be edited in place
-            object.__setattr__(self, "_fingerprint", key)
+            self._fingerprint = key
         return key
 
 

@@ -148,7 +148,3 @@ def passes(images: "torch.Tensor | LazyImages") -> Iterator[torch.Tensor]:
     else:
         yield images
 
-
-def as_tensor(images: "torch.Tensor | LazyImages") -> torch.Tensor:
-    """The images as one tensor (decodes lazy images: for small sets such as the memorization probe)."""
-    return images.materialize() if isinstance(images, LazyImages) else images

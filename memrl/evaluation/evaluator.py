@@ -431,7 +431,8 @@ class Evaluator:
 
         # -- quality
         t = time.time()
-        quality = self._fid_kid(data, fid_samples, cfg.fid_features, cfg.fid_bootstrap)
+        fingerprint = data.fingerprint()  # once: it keys the real images' statistics and features below
+        quality = self._fid_kid(data, fid_samples, cfg.fid_features, cfg.fid_bootstrap, fingerprint)
         timings["fid_kid"] = time.time() - t
         _check_finite("text-guidance magnitudes", torch.cat([mem_guidance, held_guidance]))
         detection = mm.text_guidance_detection(mem_guidance.numpy(), held_guidance.numpy())
@@ -445,7 +446,7 @@ class Evaluator:
         # -- nearest neighbours
         t = time.time()
         extractor = self.feature_net if cfg.nn_features == "feature_net" else self._centred_pixels
-        real_key = (data.fingerprint(), cfg.nn_features)
+        real_key = (fingerprint, cfg.nn_features)
         if real_key not in self._real_features:  # the real images' features: once per dataset
             self._real_features[real_key] = (mm.image_features(data.train.images, extractor), mm.image_features(data.heldout.images, extractor))
         train_f, held_f = self._real_features[real_key]
@@ -561,7 +562,7 @@ class Evaluator:
         f = x.flatten(1).double()
         return f - f.mean(dim=1, keepdim=True)
 
-    def _fid_kid(self, data: DatasetSplits, fake: torch.Tensor, features: str = "feature_net", n_boot: int = 200) -> dict:
+    def _fid_kid(self, data: DatasetSplits, fake: torch.Tensor, features: str = "feature_net", n_boot: int = 200, fingerprint: str | None = None) -> dict:
         """FID (torchmetrics) with a bootstrap interval and the real set's noise floor, and KID.
 
         The real-set features and statistics are computed once per dataset and reused.
@@ -573,7 +574,7 @@ class Evaluator:
 
         if features not in ("feature_net", "inception"):
             raise MemrlError(f"fid_features must be 'feature_net' or 'inception', got {features!r}")
-        key = (data.fingerprint(), features)
+        key = (fingerprint or data.fingerprint(), features)
         real = data.heldout.images
         sub = min(50, real.shape[0], fake.shape[0])
         with warnings.catch_warnings():

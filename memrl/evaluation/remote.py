@@ -179,9 +179,10 @@ class RayEvaluator(Evaluator):
         """One request, computed (or answered from the shared cache) by the actor."""
         import ray
 
-        ref = self._data_refs.get(data.fingerprint())
+        fingerprint = data.fingerprint()
+        ref = self._data_refs.get(fingerprint)
         if ref is None:
-            ref = self._data_refs[data.fingerprint()] = ray.put(data)
+            ref = self._data_refs[fingerprint] = ray.put(data)
         try:
             result = ray.get(self.actor().run.remote(ref, mask.bitstring, cfg, out_dir is not None))
         except ray.exceptions.RayTaskError as exc:  # the worker's own exception: MemrlError, EvaluationFailed, ...

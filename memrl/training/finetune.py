@@ -263,7 +263,7 @@ def finetune(
                 with autocast():
                     if threshold is None:
                         loss = epsilon_loss(model.unet, model.scheduler, batch[part], ctx[part], gen, part_draws)
-                        kept = len(range(len(idx))[part])
+                        kept = part.stop - part.start
                     else:
                         step = filtered_epsilon_loss(model.unet, model.scheduler, batch[part], ctx[part], empty, gen, threshold, part_draws)
                         filtered += step.n_filtered
