@@ -218,7 +218,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _quiet_libraries()
     from memrl.errors import EvaluationFailed, MemrlError
+    from memrl.training.distributed import launched_processes
 
+    if launched_processes() > 1 and not getattr(args, "splits_across_processes", False):
+        print(
+            f"memrl: error: memrl {args.command} runs in one process (WORLD_SIZE={launched_processes()}): launch it plainly and use "
+            "several GPUs with train.n_envs or --ray (one evaluation per GPU); torchrun / accelerate launch split one "
+            "'memrl evaluate' across GPUs",
+            file=sys.stderr,
+        )
+        return 2
     try:
         return int(args.func(args) or 0)
     except MemrlError as exc:

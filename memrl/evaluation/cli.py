@@ -70,7 +70,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars (--json hides them too)")
     p.add_argument("--json", action="store_true", help="print only the JSON object (no progress, no summary line)")
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=_cmd_evaluate, splits_across_processes=True)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -87,16 +87,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from memrl.errors import EvaluationFailed, MemrlError
     from memrl.evaluation import Evaluator
     from memrl.evaluation.cache import EvalCache, open_backend
+    from memrl.training.distributed import DataParallel
     from memrl.utils.io import write_json_atomic
 
     cfg = eval_config(args)  # the cheap checks first: a --set typo costs no model load
     if args.cache:
         open_backend(args.cache)  # the form of --cache (a path or a URL), before the model loads
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise MemrlError(f"--out {out} is a file; give a folder")
-    ev = Evaluator(args.pretrained, device=device, granularity=args.granularity, feature_net=args.feature_net, resolution=args.resolution)
+    # under torchrun / accelerate launch: one evaluation split across the processes (one GPU each)
+    parallel = DataParallel.from_launcher(args.device)
+    if parallel is not None:
+        device = str(parallel.device)
+    else:
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    main = parallel is None or parallel.is_main
+    ev = Evaluator(args.pretrained, device=device, granularity=args.granularity, feature_net=args.feature_net, resolution=args.resolution, parallel=parallel)
     data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels, **dataset_options(args))
     ev.check_data(data)
     check_mem_sheet(data, cfg, args.mem_sheet)
@@ -105,7 +112,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg.with_method(args.method, args.lr, args.seed).finetune.resolved_lr()  # the method has a learning rate
     proposed = ev.parse_mask(args.mask)
     mask, empty = ev.effective_mask(args.method, proposed, strict=True)  # refused here, before any write
-    # every input is good: only now is anything written
+    # every input is good: only now is anything written (by process 0 alone when split across processes)
+    if not main:  # process 0 reports the result or the failure
+        try:
+            ev.evaluate(data, args.method, proposed, cfg, lr=args.lr, seed=args.seed, out_dir=out)
+        except EvaluationFailed:
+            return 1
+        return 0
     ev.cache = EvalCache(args.cache if args.cache else out / "evaluations.sqlite")  # a path or a URL
     if empty and not args.json:
         print(f"memrl: note: {', '.join(empty)} hold no {args.method} parameters; training {mask}", file=sys.stderr)

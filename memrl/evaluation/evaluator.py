@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from memrl.data.dataset import DatasetSplits
-from memrl.errors import MemrlError, NonFiniteError
+from memrl.errors import EvaluationFailed, MemrlError, NonFiniteError
 from memrl.evaluation.cache import EvalCache, request_key
 from memrl.evaluation.config import EvalConfig
 from memrl.evaluation.reward import reward as compute_reward
@@ -43,6 +43,7 @@ from memrl.models.feature_net import FeatureNet
 from memrl.models.pipeline import DiffusionModel, resolve_model_location
 from memrl.metrics.names import SUMMARY_METRICS
 from memrl.peft_masking import Mask, enumerate_units, trainable_units
+from memrl.training.distributed import DataParallel
 from memrl.training.finetune import FinetuneConfig, autocast_for, finetune, probe_groups
 from memrl.utils.images import save_grid, save_pairs
 
@@ -206,6 +207,15 @@ def load_feature_net(spec: str | Path | None, pretrained_dir: Path, channels: in
     return net.eval(), digest
 
 
+def _answer(message: tuple) -> dict:
+    """Process 0's broadcast answer, on another process: its result, or its failure raised again."""
+    if message[0] == "ok":
+        return message[1]
+    if message[1] == "MemrlError":
+        raise MemrlError(message[2])
+    raise EvaluationFailed(message[2])
+
+
 class Evaluator:
     """Loads a pretrained model folder once and evaluates masks on datasets."""
 
@@ -217,10 +227,14 @@ class Evaluator:
         feature_net: str | Path | None = None,
         granularity: str = "attention",
         resolution: int | None = None,
+        parallel: DataParallel | None = None,
     ) -> None:
         """``feature_net``: a feature-network folder or ``package.module:callable`` (see
         :func:`load_feature_net`); default: ``PRETRAINED/feature_net``. ``resolution``: train and
-        sample at this many pixels instead of the model's native size (part of the cache key)."""
+        sample at this many pixels instead of the model's native size (part of the cache key).
+        ``parallel``: this process's share when one evaluation is split across processes (see
+        :mod:`memrl.training.distributed`): every process runs each fresh evaluation together;
+        process 0 alone reads and writes the cache and the pictures and computes the metrics."""
         self.pretrained_dir = resolve_model_location(pretrained)  # a folder, or a Hub id fetched once into the HF cache
         self.model = DiffusionModel.from_pretrained(self.pretrained_dir, device=device).set_resolution(resolution)
         self.resolution = resolution
@@ -234,6 +248,7 @@ class Evaluator:
         self._real_stats: dict[str, tuple] = {}
         self._real_features: dict[tuple[str, str], tuple[np.ndarray, np.ndarray]] = {}
         self._trainable_units: dict[str, tuple[str, ...]] = {}
+        self.parallel = parallel
         self.hits = 0
         self.misses = 0
 
@@ -365,6 +380,8 @@ class Evaluator:
 
     def _cached_run(self, data: DatasetSplits, mask: Mask, cfg: EvalConfig, out_dir, progress: bool) -> dict:  # noqa: ANN001
         """One request through the cache; with ``out_dir`` (pictures wanted) always computed."""
+        if self.parallel is not None and out_dir is None:
+            return self._cached_run_parallel(data, mask, cfg, progress)
         if self.cache is None or out_dir is not None:
             self.misses += 1
             result = dict(self.run(data, mask, cfg, out_dir=out_dir, progress=progress))
@@ -383,6 +400,64 @@ class Evaluator:
             # what this answer cost now; what computing it cost once stays on record
             result["computed_seconds"] = result.get("seconds")
             result["seconds"] = round(time.time() - t_lookup, 4)
+        return result
+
+    def _cached_run_parallel(self, data: DatasetSplits, mask: Mask, cfg: EvalConfig, progress: bool) -> dict:
+        """:meth:`_cached_run` over several processes: process 0 asks the cache (its own; the
+        others need none) and tells the others whether to join a fresh run (``"run"``), then sends
+        the answer (``("ok", result)`` or ``("error", kind, message)``) so every process returns or
+        raises alike."""
+        par = self.parallel
+        if not par.is_main:
+            message = par.broadcast()
+            if message == "run":
+                try:
+                    self.run(data, mask, cfg)
+                except (EvaluationFailed, MemrlError):
+                    pass  # process 0's answer below carries the failure
+                message = par.broadcast()
+            return _answer(message)
+
+        def compute() -> dict:
+            par.broadcast("run")
+            return self.run(data, mask, cfg, progress=progress)
+
+        try:
+            t_lookup = time.time()
+            if self.cache is None:
+                result, computed = compute(), True
+            else:
+                req = self.request(data, mask, cfg)
+                result, computed = self.cache.get_or_compute(request_key(req), req, compute)
+        except Exception as exc:
+            if not isinstance(exc, (EvaluationFailed, MemrlError)):
+                raise  # a crash: the launcher stops every process
+            par.broadcast(("error", "MemrlError" if isinstance(exc, MemrlError) else "failed", str(exc)))
+            raise
+        result = dict(result)
+        result["cached"] = not computed
+        if computed:
+            self.misses += 1
+        else:
+            self.hits += 1
+            result["computed_seconds"] = result.get("seconds")
+            result["seconds"] = round(time.time() - t_lookup, 4)
+        par.broadcast(("ok", result))
+        return result
+
+    def _on_main(self, measure):  # noqa: ANN001, ANN202
+        """``measure()`` on process 0 only; the others get its result, or raise its failure."""
+        par = self.parallel
+        if par is None:
+            return measure()
+        if not par.is_main:
+            return _answer(par.broadcast())
+        try:
+            result = measure()
+        except (EvaluationFailed, MemrlError) as exc:
+            par.broadcast(("error", "MemrlError" if isinstance(exc, MemrlError) else "failed", str(exc)))
+            raise
+        par.broadcast(("ok", result))
         return result
 
     # ------------------------------------------------------------------ the evaluation itself
@@ -406,7 +481,8 @@ class Evaluator:
         cfg = self._own_units(cfg)
         fcfg = cfg.finetune
         method = fcfg.method
-        ft = finetune(self.model, data, mask, fcfg, progress=progress)
+        main = self.parallel is None or self.parallel.is_main
+        ft = finetune(self.model, data, mask, fcfg, progress=progress and main, parallel=self.parallel)
         timings["finetune"] = ft.seconds
         model = ft.model
         seed = fcfg.seed
@@ -418,106 +494,117 @@ class Evaluator:
         mem_prompts = [c for c in mem.captions for _ in range(G)]
         fid_prompts = self.fid_prompts(data, mem.captions, cfg.n_fid_samples)
         with autocast_for(fcfg.mixed_precision, self.model.device)():  # sampling in the training's precision
-            gens, mem_guidance = model.generate(
-                mem_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 1000, batch_size=cfg.sample_batch_size, return_guidance_norms=True
-            )
-            fid_samples, held_guidance = model.generate(
-                fid_prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed + 2000, batch_size=cfg.sample_batch_size, return_guidance_norms=True
-            )
+            gens, mem_guidance = self._generate(model, mem_prompts, cfg, seed + 1000)
+            fid_samples, held_guidance = self._generate(model, fid_prompts, cfg, seed + 2000)
         gens, fid_samples, mem_guidance, held_guidance = (x.float() for x in (gens, fid_samples, mem_guidance, held_guidance))
         _check_finite("samples for the memorization prompts", gens)
         _check_finite("samples for the held-out prompts", fid_samples)
         timings["sample"] = time.time() - t
 
-        # -- quality
-        t = time.time()
-        fingerprint = data.fingerprint()  # once: it keys the real images' statistics and features below
-        quality = self._fid_kid(data, fid_samples, cfg.fid_features, cfg.fid_bootstrap, fingerprint)
-        timings["fid_kid"] = time.time() - t
-        _check_finite("text-guidance magnitudes", torch.cat([mem_guidance, held_guidance]))
-        detection = mm.text_guidance_detection(mem_guidance.numpy(), held_guidance.numpy())
+        def measure() -> dict:  # process 0's part when the evaluation is split across processes
+            # -- quality
+            t = time.time()
+            fingerprint = data.fingerprint()  # once: it keys the real images' statistics and features below
+            quality = self._fid_kid(data, fid_samples, cfg.fid_features, cfg.fid_bootstrap, fingerprint)
+            timings["fid_kid"] = time.time() - t
+            _check_finite("text-guidance magnitudes", torch.cat([mem_guidance, held_guidance]))
+            detection = mm.text_guidance_detection(mem_guidance.numpy(), held_guidance.numpy())
 
-        # -- noise norm
-        t = time.time()
-        nn_score = mm.noise_norm_score(model, mem.images, mem.captions, cfg.noise_norm_timesteps, cfg.noise_norm_draws, seed=seed + 3000)
-        _check_finite("noise-norm scores", np.asarray([nn_score["noise_norm_mean"], nn_score["noise_norm_max"]], dtype=float))
-        timings["noise_norm"] = time.time() - t
+            # -- noise norm
+            t = time.time()
+            nn_score = mm.noise_norm_score(model, mem.images, mem.captions, cfg.noise_norm_timesteps, cfg.noise_norm_draws, seed=seed + 3000)
+            _check_finite("noise-norm scores", np.asarray([nn_score["noise_norm_mean"], nn_score["noise_norm_max"]], dtype=float))
+            timings["noise_norm"] = time.time() - t
 
-        # -- nearest neighbours
-        t = time.time()
-        extractor = self.feature_net if cfg.nn_features == "feature_net" else self._centred_pixels
-        real_key = (fingerprint, cfg.nn_features)
-        if real_key not in self._real_features:  # the real images' features: once per dataset
-            self._real_features[real_key] = (mm.image_features(data.train.images, extractor), mm.image_features(data.heldout.images, extractor))
-        train_f, held_f = self._real_features[real_key]
-        gen_f = mm.image_features(gens, extractor)
-        _check_finite("nearest-neighbour features of the samples", gen_f)
-        threshold = mm.calibrate_threshold(held_f, train_f, cfg.replication_quantile)
-        owners = np.repeat(np.asarray(ft.memorization_index, dtype=np.int64), G)
-        groups = probe_groups(data.train.captions, list(ft.memorization_index))
-        shared = sum(len(g) > 1 for g in groups)
-        nnm = mm.nn_memorization(gen_f, owners, train_f, threshold, gen_owner_groups=[g for g in groups for _ in range(G)] if shared else None)
-        timings["nearest_neighbour"] = time.time() - t
+            # -- nearest neighbours
+            t = time.time()
+            extractor = self.feature_net if cfg.nn_features == "feature_net" else self._centred_pixels
+            real_key = (fingerprint, cfg.nn_features)
+            if real_key not in self._real_features:  # the real images' features: once per dataset
+                self._real_features[real_key] = (mm.image_features(data.train.images, extractor), mm.image_features(data.heldout.images, extractor))
+            train_f, held_f = self._real_features[real_key]
+            gen_f = mm.image_features(gens, extractor)
+            _check_finite("nearest-neighbour features of the samples", gen_f)
+            threshold = mm.calibrate_threshold(held_f, train_f, cfg.replication_quantile)
+            owners = np.repeat(np.asarray(ft.memorization_index, dtype=np.int64), G)
+            groups = probe_groups(data.train.captions, list(ft.memorization_index))
+            shared = sum(len(g) > 1 for g in groups)
+            nnm = mm.nn_memorization(gen_f, owners, train_f, threshold, gen_owner_groups=[g for g in groups for _ in range(G)] if shared else None)
+            timings["nearest_neighbour"] = time.time() - t
 
-        # -- extraction attack
-        t = time.time()
-        P = len(mem)
-        ext = mm.extraction_attack(gens.reshape(P, G, *gens.shape[1:]), mem.images, cfg.extraction_threshold, cfg.extraction_min_matches)
-        timings["extraction"] = time.time() - t
+            # -- extraction attack
+            t = time.time()
+            P = len(mem)
+            ext = mm.extraction_attack(gens.reshape(P, G, *gens.shape[1:]), mem.images, cfg.extraction_threshold, cfg.extraction_min_matches)
+            timings["extraction"] = time.time() - t
 
-        peft = ft.peft
-        result = {
-            "dataset": data.name,
-            "method": method,
-            "mask": str(mask),
-            "mask_bits": mask.bitstring,
-            "mask_units": list(mask.selected),
-            "lr": fcfg.resolved_lr(),
-            "seed": seed,
-            "fid": quality["fid"],
-            "kid": quality["kid"],
-            "kid_std": quality["kid_std"],
-            "fid_ci_low": quality["fid_ci_low"],
-            "fid_ci_high": quality["fid_ci_high"],
-            "fid_noise_floor": quality["fid_noise_floor"],
-            "fid_n_real": quality["n_real"],
-            "fid_n_fake": quality["n_fake"],
-            **detection,
-            "noise_norm_mean": float(nn_score["noise_norm_mean"]),
-            "noise_norm_max": float(nn_score["noise_norm_max"]),
-            "nn_own_rate": nnm["nn_own_rate"],
-            "replication_rate": nnm["replication_rate"],
-            "replication_threshold": threshold,
-            "amd": nnm["amd"],
-            "extraction_rate": float(ext["extraction_rate"]),
-            "trainable_params": int(peft.trainable_params),
-            "trainable_fraction": float(peft.trainable_fraction),
-            "unet_params": int(peft.unet_params),
-            "train_images": ft.train_size,
-            "memorization_set": len(mem),
-            "memorization_shared_captions": int(shared),
-            "final_loss": float(np.mean(ft.losses[-20:])) if ft.losses else None,
-            "warnings": self._fid_warnings(quality),
-            "timings": {k: round(v, 3) for k, v in timings.items()},
-            "seconds": round(time.time() - t0, 3),
-        }
-        if fcfg.guidance_filter_threshold is not None:  # only then: a default result has today's fields
-            result["filtered_share"] = ft.filtered_share
-            result["filtered_samples"] = ft.samples_filtered
-            result["filter_skipped_steps"] = ft.skipped_steps
-        if out_dir is not None:
-            out = Path(out_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            save_grid(gens, out / "samples.png", nrow=G)
-            nearest = data.train.images[torch.as_tensor(nnm["nn_index"])]
-            pick = list(range(0, len(gens), max(1, G // 2)))[:16]
-            save_pairs(gens[pick], nearest[pick], out / "nearest_neighbours.png")
-            save_grid(fid_samples[:64], out / "heldout_prompt_samples.png", nrow=8)
-        if on_finetuned is not None:
-            on_finetuned(ft)
-        return result
+            peft = ft.peft
+            result = {
+                "dataset": data.name,
+                "method": method,
+                "mask": str(mask),
+                "mask_bits": mask.bitstring,
+                "mask_units": list(mask.selected),
+                "lr": fcfg.resolved_lr(),
+                "seed": seed,
+                "fid": quality["fid"],
+                "kid": quality["kid"],
+                "kid_std": quality["kid_std"],
+                "fid_ci_low": quality["fid_ci_low"],
+                "fid_ci_high": quality["fid_ci_high"],
+                "fid_noise_floor": quality["fid_noise_floor"],
+                "fid_n_real": quality["n_real"],
+                "fid_n_fake": quality["n_fake"],
+                **detection,
+                "noise_norm_mean": float(nn_score["noise_norm_mean"]),
+                "noise_norm_max": float(nn_score["noise_norm_max"]),
+                "nn_own_rate": nnm["nn_own_rate"],
+                "replication_rate": nnm["replication_rate"],
+                "replication_threshold": threshold,
+                "amd": nnm["amd"],
+                "extraction_rate": float(ext["extraction_rate"]),
+                "trainable_params": int(peft.trainable_params),
+                "trainable_fraction": float(peft.trainable_fraction),
+                "unet_params": int(peft.unet_params),
+                "train_images": ft.train_size,
+                "memorization_set": len(mem),
+                "memorization_shared_captions": int(shared),
+                "final_loss": float(np.mean(ft.losses[-20:])) if ft.losses else None,
+                "warnings": self._fid_warnings(quality),
+                "timings": {k: round(v, 3) for k, v in timings.items()},
+                "seconds": round(time.time() - t0, 3),
+            }
+            if fcfg.guidance_filter_threshold is not None:  # only then: a default result has today's fields
+                result["filtered_share"] = ft.filtered_share
+                result["filtered_samples"] = ft.samples_filtered
+                result["filter_skipped_steps"] = ft.skipped_steps
+            if out_dir is not None:
+                out = Path(out_dir)
+                out.mkdir(parents=True, exist_ok=True)
+                save_grid(gens, out / "samples.png", nrow=G)
+                nearest = data.train.images[torch.as_tensor(nnm["nn_index"])]
+                pick = list(range(0, len(gens), max(1, G // 2)))[:16]
+                save_pairs(gens[pick], nearest[pick], out / "nearest_neighbours.png")
+                save_grid(fid_samples[:64], out / "heldout_prompt_samples.png", nrow=8)
+            if on_finetuned is not None:
+                on_finetuned(ft)
+            return result
+
+        return self._on_main(measure)
 
     # ------------------------------------------------------------------ helpers
+    def _generate(self, model: DiffusionModel, prompts: list[str], cfg: EvalConfig, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples and text-guidance magnitudes for ``prompts``; split across processes when the
+        evaluation is (each samples its contiguous share with the whole call's noise; shares gathered in order)."""
+        par = self.parallel
+        out = model.generate(
+            prompts, cfg.inference_steps, cfg.guidance_scale, seed=seed, batch_size=cfg.sample_batch_size,
+            return_guidance_norms=True, part=None if par is None else par.shard(len(prompts)),
+        )
+        if par is None:
+            return out
+        return par.gather_cat(out[0]), par.gather_cat(out[1])
+
     def _own_units(self, cfg: EvalConfig) -> EvalConfig:
         """Fine-tune over this evaluator's units (its granularity), whatever the config said.
 
@@ -586,8 +673,8 @@ class Evaluator:
                     feat = InceptionFeatures()
                 else:
                     feat = _Features(self.feature_net)
-                fid = FrechetInceptionDistance(feature=feat, reset_real_features=False)
-                kid = KernelInceptionDistance(feature=feat, subsets=50, subset_size=sub, reset_real_features=False)
+                fid = FrechetInceptionDistance(feature=feat, reset_real_features=False, sync_on_compute=False)
+                kid = KernelInceptionDistance(feature=feat, subsets=50, subset_size=sub, reset_real_features=False, sync_on_compute=False)
                 real_f_parts = []
                 for chunk in passes(real):
                     fid.update(chunk, real=True)

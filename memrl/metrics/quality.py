@@ -52,10 +52,10 @@ def fid_kid(
     """
     feature_net.eval()
     feat = _Features(feature_net)
-    fid = FrechetInceptionDistance(feature=feat, reset_real_features=True, normalize=False)
+    fid = FrechetInceptionDistance(feature=feat, reset_real_features=True, normalize=False, sync_on_compute=False)
     n_min = min(real.shape[0], fake.shape[0])
     sub = int(kid_subset_size or min(50, n_min))
-    kid = KernelInceptionDistance(feature=feat, subsets=kid_subsets, subset_size=sub, normalize=False)
+    kid = KernelInceptionDistance(feature=feat, subsets=kid_subsets, subset_size=sub, normalize=False, sync_on_compute=False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for b in _batches(real):

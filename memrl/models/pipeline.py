@@ -216,6 +216,7 @@ class DiffusionModel(torch.nn.Module):
         eta: float = 0.0,
         callback: Callable[[int], None] | None = None,
         return_guidance_norms: bool = False,
+        part: slice | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Images (``N x C x H x W``, CPU float32, [-1, 1]) for ``prompts``, deterministic given ``seed``.
 
@@ -225,14 +226,24 @@ class DiffusionModel(torch.nn.Module):
         ``return_guidance_norms``: also return, per sample, ``|| eps(x_t, c) - eps(x_t, "") ||_2``
         averaged over the sampling steps (Wen et al.'s memorization signal; free with guidance,
         one extra unconditional prediction per step without it).
+
+        ``part``: sample only ``prompts[part]``, with the same initial noise as the whole call (how
+        processes share one evaluation's sampling; needs the deterministic sampler, ``eta=0``).
         """
         prompts = list(prompts)
         if not prompts:
             raise MemrlError("no prompts given: pass at least one prompt")
+        if part is not None and eta > 0:
+            raise MemrlError("generate(part=...) needs eta=0: with eta > 0 a sample's noise depends on the samples before it")
         was_training = self.training
         self.eval()
         gen = torch.Generator().manual_seed(int(seed))
         noise = torch.randn((len(prompts), *self.latent_shape), generator=gen)
+        if part is not None:
+            prompts, noise = prompts[part], noise[part]
+            if not prompts:  # more processes than prompts
+                empty = torch.zeros((0, self.image_channels, self.image_size, self.image_size))
+                return (empty, torch.zeros(0)) if return_guidance_norms else empty
         step_gen = torch.Generator().manual_seed(int(seed) + 1)
         dtype = next(self.unet.parameters()).dtype
         out, norms = [], []

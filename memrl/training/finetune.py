@@ -33,6 +33,7 @@ from memrl.data.dataset import CaptionedImages, DatasetSplits
 from memrl.errors import MemrlError, NonFiniteError
 from memrl.models.pipeline import DiffusionModel
 from memrl.peft_masking import METHOD_REGISTRY, Mask, apply_peft, get_method
+from memrl.training.distributed import DataParallel
 from memrl.training.losses import draw_noise, epsilon_loss
 from memrl.training.mitigations import RandomWordAdder, caption_vocabulary, filtered_epsilon_loss
 from memrl.utils.config import ConfigError
@@ -207,8 +208,13 @@ def finetune(
     mask: Mask,
     cfg: FinetuneConfig,
     progress: bool = False,
+    parallel: DataParallel | None = None,
 ) -> FinetuneResult:
-    """Fine-tune a deep copy of ``pretrained`` with ``cfg.method`` inside ``mask``; ``pretrained`` is untouched."""
+    """Fine-tune a deep copy of ``pretrained`` with ``cfg.method`` inside ``mask``; ``pretrained`` is untouched.
+
+    ``parallel``: this process's share of a fine-tune split across processes
+    (:mod:`memrl.training.distributed`); every process returns the same weights.
+    """
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -237,6 +243,8 @@ def finetune(
             model.unet.enable_gradient_checkpointing()
         model.unet.train()
         n = latents.shape[0]
+        # across processes the batch is cut as one process with world x K micro-batches would cut it
+        parts_per_batch = cfg.grad_accumulation * (parallel.world if parallel is not None else 1)
         perm, pos = torch.randperm(n, generator=gen), 0
         bar = tqdm(range(cfg.steps), desc=f"fine-tune {cfg.method}", disable=not progress, leave=False)
         for _ in bar:
@@ -254,11 +262,13 @@ def finetune(
             seen += len(idx)
             batch = latents[idx]
             # one micro-batch is the whole batch (the path every stored evaluation took); with
-            # grad_accumulation > 1 the batch's noise and timesteps are drawn first, then split
-            draws = draw_noise(batch, model.scheduler, gen) if cfg.grad_accumulation > 1 else None
+            # grad_accumulation > 1 (or several processes) the batch's noise and timesteps are
+            # drawn first, then split
+            draws = draw_noise(batch, model.scheduler, gen) if parts_per_batch > 1 else None
+            parts = _micro_batches(len(idx), parts_per_batch)
             opt.zero_grad(set_to_none=True)
-            step_loss, weight = 0.0, 0
-            for part in _micro_batches(len(idx), cfg.grad_accumulation):
+            step_loss, weight, bad, step_filtered = 0.0, 0, None, 0
+            for part in parts if parallel is None else parallel.mine(parts):
                 part_draws = None if draws is None else (draws[0][part], draws[1][part])
                 with autocast():
                     if threshold is None:
@@ -266,22 +276,35 @@ def finetune(
                         kept = part.stop - part.start
                     else:
                         step = filtered_epsilon_loss(model.unet, model.scheduler, batch[part], ctx[part], empty, gen, threshold, part_draws)
-                        filtered += step.n_filtered
+                        step_filtered += step.n_filtered
                         if step.loss is None:  # every sample filtered: nothing to learn from this part
                             continue
                         loss, kept = step.loss, int(step.kept.sum())
                 if not torch.isfinite(loss):
                     # stop before a NaN reaches the weights, the samples and the metric kernels (some of
                     # which abort the process on NaN input): the step is recorded as failed instead
-                    bar.close()
-                    raise NonFiniteError(
-                        f"fine-tune diverged: {cfg.method} loss is {float(loss.detach())} at step {len(losses) + skipped + 1} "
-                        f"of {cfg.steps} (lr {cfg.resolved_lr():g}); lower the learning rate"
-                    )
+                    bad = float(loss.detach())
+                    break
                 # micro-batches are weighted by their kept samples, so the update is the batch mean's
                 scaled = loss if draws is None else loss * kept
                 (scaler.scale(scaled) if scaler is not None else scaled).backward()
                 step_loss, weight = step_loss + float(loss.detach()) * kept, weight + kept
+            if parallel is not None:  # sum gradients, kept samples and failures over the processes
+                for p in params:
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                totals = torch.tensor([step_loss, weight, step_filtered, 0.0 if bad is None else 1.0], dtype=torch.float32, device=device)
+                parallel.all_reduce_sum([p.grad for p in params] + [totals])
+                step_loss, weight, step_filtered = float(totals[0]), int(round(float(totals[1]))), int(round(float(totals[2])))
+                if bad is None and totals[3] > 0:
+                    bad = float("nan")  # another process's loss was not finite
+            filtered += step_filtered
+            if bad is not None:
+                bar.close()
+                raise NonFiniteError(
+                    f"fine-tune diverged: {cfg.method} loss is {bad} at step {len(losses) + skipped + 1} "
+                    f"of {cfg.steps} (lr {cfg.resolved_lr():g}); lower the learning rate"
+                )
             if weight == 0:  # every sample filtered: no update from this batch
                 skipped += 1
                 continue
@@ -299,6 +322,8 @@ def finetune(
                 opt.step()
             losses.append(float(loss.detach()) if draws is None else step_loss / weight)
         bar.close()
+        if parallel is not None:  # identical weights everywhere, whatever the collectives' rounding
+            parallel.broadcast_tensors(params)
         if cfg.gradient_checkpointing:
             model.unet.disable_gradient_checkpointing()
         # a last update can still overflow the weights (the next loss would have shown it)
