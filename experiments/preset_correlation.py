@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="runs/digits-base", help="pretrained model folder")
     ap.add_argument("--cache", default="runs/preset_correlation/evaluations.sqlite", help="evaluation cache (resumable)")
     ap.add_argument("--presets", nargs=2, default=["search", "default"], metavar=("CHEAP", "FULL"), help="the two presets compared")
+    ap.add_argument("--cheap-steps", type=int, default=None, metavar="N", help="fine-tuning steps of the CHEAP preset (e.g. --presets search search --cheap-steps 25: how well a short fine-tune, the screen of memrl search --screen-steps, ranks masks like the full one)")
     ap.add_argument("--out", default=None, help="also write the markdown here")
     args = ap.parse_args(argv)
 
@@ -57,10 +58,20 @@ def main(argv: list[str] | None = None) -> int:
             break
 
     t0 = time.time()
+    from dataclasses import replace
+
     cheap, full = args.presets
+    configs = {full: preset(full)}
+    if args.cheap_steps is not None:
+        base = preset(cheap)
+        cheap = f"{cheap}@{args.cheap_steps}"
+        configs = {cheap: replace(base, finetune=replace(base.finetune, steps=args.cheap_steps)), **configs}
+    else:
+        configs = {cheap: preset(cheap), **configs}
+    if len(configs) != 2:
+        ap.error("--presets CHEAP FULL: give two different presets, or the same one with --cheap-steps")
     res: dict[str, dict[str, dict]] = {cheap: {}, full: {}}
-    for name in (cheap, full):
-        cfg = preset(name)
+    for name, cfg in configs.items():
         for bits in masks:
             r = ev.evaluate(data, args.method, Mask.from_bits([int(c) for c in bits], ev.units), cfg, seed=args.seed)
             res[name][bits] = r
@@ -68,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     cmd = "OMP_NUM_THREADS=1 python experiments/preset_correlation.py" + (" " + " ".join(argv) if argv else "")
     lines = [
-        f"# {cheap} vs {full} preset",
+        f"# {cheap} vs {full}" + ("" if args.cheap_steps else " preset"),
         "",
         f"`{cmd}`",
         "",

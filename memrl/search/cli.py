@@ -19,6 +19,8 @@ FLAG_KEYS = (
     ("--warm-start", "warm_start", "search.warm_start"),
     ("--warm-start-k", "warm_start_k", "search.warm_start_k"),
     ("--ground-truth", "ground_truth", "search.ground_truth"),
+    ("--screen-steps", "screen_steps", "search.screen_steps"),
+    ("--screen-eta", "screen_eta", "search.screen_eta"),
     ("--pretrained", "pretrained", "env.pretrained"),
     ("--preset", "preset", "env.preset"),
     ("--method", "method", "env.method"),
@@ -87,6 +89,17 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "TensorBoard shows the best-so-far mask's regret per trial (regret/<dataset>, regret_rank/<dataset>) and the summary its "
         "regret and rank; refused when the tables lack a mask; default: the --lookup folder when it has every mask",
     )
+    p.add_argument(
+        "--screen-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="multi-fidelity (successive halving): screen every trial with an N-step fine-tune first (its reward against a full "
+        "fine-tune of N steps) and give the full budget only to trials whose screen is in the best 1/--screen-eta so far; the "
+        "others end PRUNED (rows in RUN/screening.csv; evaluations.csv holds the full evaluations); tpe and random only; "
+        "like --set search.screen_steps=N",
+    )
+    p.add_argument("--screen-eta", type=int, default=None, metavar="ETA", help="with --screen-steps: about one screened trial in ETA gets the full budget (default 3); like --set search.screen_eta=ETA")
     p.add_argument("--pretrained", "--model", dest="pretrained", default=None, help="override env.pretrained (the base model folder); --model is an alias")
     p.add_argument("--preset", default=None, help="override env.preset, the evaluation budget: default, search (the agent's) or quick")
     p.add_argument("--method", default=None, help="override env.method: the one PEFT method searched with (lora, difffit, ...)")

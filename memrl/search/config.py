@@ -18,6 +18,8 @@ method(s), learning-rate scales, preset, overrides, reward and evaluation seed. 
       seed: 0
       warm_start: runs/agent/policy.zip   # optional: the policy's top proposals are the first trials
       warm_start_k: 4
+      screen_steps: 25        # optional: multi-fidelity, a 25-step fine-tune screens every trial
+      screen_eta: 3           # and only the best third of the screened trials get the full budget
 """
 
 from __future__ import annotations
@@ -67,6 +69,15 @@ class SearchSettings:
     #: (``regret/<dataset>``) and the summary its regret and rank. ``None``: the ``lookup`` folder
     #: when there is one (silently nothing when it lacks a mask).
     ground_truth: str | None = None
+    #: Multi-fidelity (successive halving, Optuna's :class:`~optuna.pruners.SuccessiveHalvingPruner`):
+    #: every trial is first evaluated with this many fine-tuning steps (the rest of the evaluation
+    #: as configured, the reward against a full fine-tune of the same short budget); only a trial
+    #: whose screen reward is in the best ``1 / screen_eta`` of the screens so far gets the full
+    #: evaluation, the others end ``PRUNED``. ``None``: no screen. Not with nsga2 (Optuna prunes
+    #: single-objective studies only) or exhaustive.
+    screen_steps: int | None = None
+    #: The screen's reduction factor: about one trial in ``screen_eta`` is promoted to the full budget.
+    screen_eta: int = 3
 
     def __post_init__(self) -> None:
         where = "search config"
@@ -79,6 +90,13 @@ class SearchSettings:
             raise ConfigError(where, f"'figures_every' must be >= 1, got {self.figures_every}")
         if self.warm_start_k < 1:
             raise ConfigError(where, f"'warm_start_k' must be >= 1, got {self.warm_start_k}")
+        if self.screen_steps is not None:
+            if isinstance(self.screen_steps, bool) or not isinstance(self.screen_steps, int) or self.screen_steps < 1:
+                raise ConfigError(where, f"'screen_steps' must be an integer >= 1 (fine-tuning steps of the screen) or null, got {self.screen_steps!r}")
+            if self.optimizer in ("nsga2", "exhaustive"):
+                raise ConfigError(where, f"'screen_steps' needs a single-objective sampler that skips pruned trials (tpe, random): {self.optimizer} {'optimises two objectives, which Optuna does not prune' if self.optimizer == 'nsga2' else 'evaluates every mask in full'}")
+        if isinstance(self.screen_eta, bool) or not isinstance(self.screen_eta, int) or self.screen_eta < 2:
+            raise ConfigError(where, f"'screen_eta' must be an integer >= 2 (one screened trial in screen_eta gets the full budget), got {self.screen_eta!r}")
         if self.warm_start is not None and not self.warm_start.strip():
             raise ConfigError(where, "'warm_start' is empty; give the path of a policy.zip written by memrl train (or leave it out)")
         if self.warm_start is not None and not OPTIMIZERS[self.optimizer].warm_start:

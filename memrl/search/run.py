@@ -11,6 +11,11 @@
 3. For each trial: ask the sampler -> decode its parameters into a proposal with the encoding the
    environment uses (:mod:`memrl.evaluation.space`) -> evaluate it exactly as an environment step
    does (:func:`memrl.evaluation.protocol.evaluate_proposal`) -> record it -> tell the study.
+   With a screen (``search.screen_steps``, multi-fidelity) the trial is first evaluated with that
+   many fine-tuning steps (recorded in ``screening.csv``, reported to the study as its intermediate
+   value); Optuna's successive-halving pruner ends it ``PRUNED`` unless its screen is in the best
+   ``1 / screen_eta`` so far, and only then is it evaluated in full. A failed screen is a ``FAIL``
+   trial with no full evaluation.
 4. Write the Pareto front and the best mask (by the reward, whatever the optimizer optimised),
    re-evaluate the best mask once for pictures, export the run's evaluations as a lookup table
    (``table.jsonl``) and print a summary (``best.json``).
@@ -106,6 +111,29 @@ def _checked_budget(n: int) -> int:
     return int(n)
 
 
+def screen_config(cfg: SearchConfig, eval_cfg):  # noqa: ANN001, ANN201
+    """The screen's evaluation config (``eval_cfg`` with ``search.screen_steps`` fine-tuning
+    steps), or ``None`` without a screen; refused unless it is shorter than the full budget."""
+    steps = cfg.search.screen_steps
+    if steps is None:
+        return None
+    full = eval_cfg.finetune.steps
+    if steps >= full:
+        raise MemrlError(f"search.screen_steps {steps} must be below the full evaluation's fine-tuning steps ({full}, preset {cfg.env.preset}): the screen is the cheap fidelity")
+    from dataclasses import replace
+
+    return replace(eval_cfg, finetune=replace(eval_cfg.finetune, steps=int(steps)))
+
+
+def make_pruner(cfg: SearchConfig):  # noqa: ANN201
+    """Successive halving over one rung (the screen) when ``search.screen_steps`` is set, else no pruning."""
+    import optuna
+
+    if cfg.search.screen_steps is None:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=cfg.search.screen_eta, min_early_stopping_rate=0)
+
+
 def open_study(cfg: SearchConfig, run: Path, optimizer: Optimizer, sampler, resume: bool):  # noqa: ANN001, ANN201
     """The run's study (created, or loaded with ``resume``); a new run refuses a storage that
     already holds a study of this name (another run's trials would mix with this one's)."""
@@ -120,7 +148,7 @@ def open_study(cfg: SearchConfig, run: Path, optimizer: Optimizer, sampler, resu
         raise MemrlError(f"cannot open the Optuna storage {storage}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     if not resume and name in existing:
         raise MemrlError(f"the Optuna storage {storage} already holds a study {name!r}; pass --resume to continue that run, or use another --storage")
-    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, directions=optimizer.directions(), load_if_exists=True)
+    study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=make_pruner(cfg), directions=optimizer.directions(), load_if_exists=True)
     if [d.name.lower() for d in study.directions] != optimizer.directions():
         raise MemrlError(f"study {name!r} in {storage} has directions {[d.name.lower() for d in study.directions]}, not the {optimizer.name} optimizer's {optimizer.directions()}")
     with warnings.catch_warnings():  # experimental in Optuna, stable in use; the dashboard reads it
@@ -290,6 +318,7 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
     optimizer = get_optimizer(cfg.search.optimizer)
     dataset = cfg.dataset()
     eval_cfg = env.eval_config()
+    screen_cfg = screen_config(cfg, eval_cfg)
     failure_reward = env.resolved_failure_reward()
     mem_metric = cfg.mem_metric()
 
@@ -342,11 +371,15 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
     finished = {t.number for t in trials if t.state in (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)}
     pending = [t for t in trials if t.state == TrialState.RUNNING]
     log = EvaluationLog(run / "evaluations.csv")
-    keep = 0
-    while keep < len(log.rows) and _step(log.rows[keep]) - 1 in finished:
-        keep += 1
-    if keep != len(log.rows):
-        log.truncate(keep)
+    screens = EvaluationLog(run / "screening.csv") if screen_cfg is not None else None
+    for record in (log, screens):
+        if record is None:
+            continue
+        keep = 0
+        while keep < len(record.rows) and _step(record.rows[keep]) - 1 in finished:
+            keep += 1
+        if keep != len(record.rows):
+            record.truncate(keep)
     writer = SummaryWriter(str(run / "tb" / "memrl"), purge_step=len(log.rows) + 1 if resume else None)
     board = EvaluationBoard(writer, units, mem_metric, log.rows, state.get("history"), ground_truth=book)
     if resume:
@@ -354,11 +387,30 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
 
     bar = tqdm(total=total, initial=min(len(finished), total), unit="trial", desc=f"{optimizer.name} {dataset}", disable=not progress)
 
+    def screened_out(trial: Trial, step: int, bits, method: str, lr) -> bool:  # noqa: ANN001
+        """The screen (a short fine-tune): True when the trial ends here (pruned, or the screen failed)."""
+        reward, info = evaluate_proposal(ev, data, dataset, bits, method, lr, screen_cfg, env.seed, failure_reward)
+        screens.append([info_to_row(step, 0, info, reward)])
+        for k, v in {"screen_reward": reward, "mask_bits": info["mask_bits"], "method": method, "lr": info.get("lr"), "step": step}.items():
+            trial.set_user_attr(k, v)
+        if info["failed"]:
+            trial.set_user_attr("error", str(info.get("error", ""))[:500])
+            study.tell(trial, state=TrialState.FAIL)
+        else:
+            trial.report(reward, 1)
+            if not trial.should_prune():
+                return False
+            study.tell(trial, state=TrialState.PRUNED)
+        bar.update(1)
+        return True
+
     def evaluate_trial(trial: Trial) -> None:
         action = params_to_action(trial.params, units, env.methods, env.lr_scales)
         bits, method, lr = decode_action(action, len(units), env.method, env.methods, env.lr_scales)
-        reward, info = evaluate_proposal(ev, data, dataset, bits, method, lr, eval_cfg, env.seed, failure_reward)
         step = trial.number + 1
+        if screen_cfg is not None and screened_out(trial, step, bits, method, lr):
+            return
+        reward, info = evaluate_proposal(ev, data, dataset, bits, method, lr, eval_cfg, env.seed, failure_reward)
         log.append([info_to_row(step, 0, info, reward)])
         board.add(step, info, reward, len(log.rows))
         write_best(run / "best_mask.json", log, units)
@@ -420,6 +472,7 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
         "trials": len(states),
         "completed": sum(s == TrialState.COMPLETE for s in states),
         "failed": sum(s == TrialState.FAIL for s in states),
+        "pruned": sum(s == TrialState.PRUNED for s in states),
         "evaluations": len(log.rows),
         "fresh_evaluations": sum(1 for r in log.rows if r.get("cached") != "True"),
         "pareto_points": len(front),
@@ -428,6 +481,8 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
         "best": best,
         "warm_start": warm_start_summary(study, log.best()),
     }
+    if screens is not None:  # what the screen cost: short evaluations, and how many went on to the full budget
+        summary["screen"] = {"steps": screen_cfg.finetune.steps, "eta": cfg.search.screen_eta, "screens": len(screens.rows), "fresh_screens": sum(1 for r in screens.rows if r.get("cached") != "True"), "promoted": len(log.rows)}
     truth = book(dataset) if book is not None else None
     if truth is not None and best is not None:
         r = float(best["metrics"]["reward"])
@@ -467,6 +522,9 @@ def format_summary(s: dict) -> str:
     if w:
         steps = ", ".join(str(r["step"]) for r in w["trials"])
         lines.append(f"warm start ({w['source']}): trial(s) {steps} were its proposals; the best trial {'was' if w['best_is_warm_start'] else 'was not'} one of them")
+    sc = s.get("screen")
+    if sc:
+        lines.append(f"screen ({sc['steps']} fine-tuning steps, eta {sc['eta']}): {sc['screens']} screens ({sc['fresh_screens']} fresh), {sc['promoted']} promoted to the full budget, {s['pruned']} pruned")
     g = s.get("ground_truth")
     if g:
         lines.append(f"ground truth: optimum {g['optimum']:.3f} ({', '.join(g['optimum_masks'])}); the best trial's regret {g['regret']:.3f}, rank {g['rank']} of {g['masks']}")
