@@ -77,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
             res[name][bits] = r
             print(f"[{time.time() - t0:6.0f}s] {name:<7} {bits} reward {r['reward']:.3f} fid {r['fid']:.1f}{' (cached)' if r.get('cached') else ''}", file=sys.stderr, flush=True)
 
+    argv = sys.argv[1:] if argv is None else argv
     cmd = "OMP_NUM_THREADS=1 python experiments/preset_correlation.py" + (" " + " ".join(argv) if argv else "")
     lines = [
         f"# {cheap} vs {full}" + ("" if args.cheap_steps else " preset"),
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         a = [res[cheap][m][metric] for m in masks]
         b = [res[full][m][metric] for m in masks]
         lines.append(f"| {metric} | {spearmanr(a, b).statistic:.3f} | {kendalltau(a, b).statistic:.3f} |")
+    cost = {name: float(np.median([r.get("computed_seconds") or r["seconds"] for r in res[name].values()])) for name in (cheap, full)}
+    lines += ["", f"Median seconds per evaluation (as computed, cache hits at their original cost): {cheap} {cost[cheap]:.1f}, {full} {cost[full]:.1f} (ratio {cost[cheap] / cost[full]:.2f})."]
     lines += ["", f"| mask | {cheap} reward | {full} reward | {cheap} FID | {full} FID |", "|---|---|---|---|---|"]
     for bits in sorted(masks, key=lambda m: -res[cheap][m]["reward"]):
         s, d = res[cheap][bits], res[full][bits]

@@ -118,6 +118,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             ev.evaluate(data, args.method, proposed, cfg, lr=args.lr, seed=args.seed, out_dir=out)
         except EvaluationFailed:
             return 1
+        except MemrlError:
+            return 2
         return 0
     ev.cache = EvalCache(args.cache if args.cache else out / "evaluations.sqlite")  # a path or a URL
     if empty and not args.json:
