@@ -8,7 +8,7 @@ which mask is good. This asks that directly, with the real evaluations an amorti
 train`` run spent on the family's *training* members (``RUN/evaluations.csv``, failures left
 out) and the run's own descriptor basis (``RUN/descriptor.json``):
 
-* **with context**: memrl's reward model (:class:`memrl.agents.surrogate.RewardSurrogate`, a
+* **with context**: memrl's reward model (:class:`memrl.evaluation.surrogate.RewardSurrogate`, a
   Gaussian process) on descriptor + effective mask bits;
 * **without context**: the same model on the mask bits alone (one reward surface for every
   dataset: the data's estimate of a best fixed mask).
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.time()
 
-    from memrl.agents.surrogate import RewardSurrogate, SurrogateFeatures
+    from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures
     from memrl.data.loaders import load_dataset
     from memrl.envs.descriptor import DescriptorBasis
     from memrl.errors import MemrlError

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from memrl.agents.dyna import DynaModel, DynaWrapper, model_for
-from memrl.agents.surrogate import RewardSurrogate, SurrogateFeatures, log_lr_scale
+from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures, log_lr_scale
 from memrl.errors import MemrlError
 from test_lookup import full_table, made, no_finetuning, train_config  # noqa: F401  (module fixtures and helpers)
 

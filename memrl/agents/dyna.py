@@ -4,7 +4,7 @@ A real step of :class:`~memrl.envs.mask_selection.MaskSelectionEnv` is one fine-
 proposals of a learning policy are not worth one: they are unlikely to beat the best mask found
 on the dataset so far. :class:`DynaWrapper` sits around the env and, for each proposal, either
 lets the env evaluate it (a **real** step) or answers it with the reward model's mean (an
-**imagined** step, :mod:`memrl.agents.surrogate`), without evaluating. The rule
+**imagined** step, :mod:`memrl.evaluation.surrogate`), without evaluating. The rule
 (:meth:`DynaModel.decide`), for the proposal's (dataset, effective mask, method, learning rate):
 
 1. evaluated for real before in this run: real (the evaluation cache answers it for free);
@@ -47,7 +47,7 @@ from typing import Any, Sequence
 import gymnasium as gym
 import numpy as np
 
-from memrl.agents.surrogate import RewardSurrogate, SurrogateFeatures
+from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures
 from memrl.errors import MemrlError
 
 #: Metrics of the observation that an imagined step of a horizon > 1 episode predicts.

@@ -21,6 +21,7 @@ FLAG_KEYS = (
     ("--ground-truth", "ground_truth", "search.ground_truth"),
     ("--screen-steps", "screen_steps", "search.screen_steps"),
     ("--screen-eta", "screen_eta", "search.screen_eta"),
+    ("--prior", "prior", "search.prior"),
     ("--pretrained", "pretrained", "env.pretrained"),
     ("--preset", "preset", "env.preset"),
     ("--method", "method", "env.method"),
@@ -100,6 +101,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "like --set search.screen_steps=N",
     )
     p.add_argument("--screen-eta", type=int, default=None, metavar="ETA", help="with --screen-steps: about one screened trial in ETA gets the full budget (default 3); like --set search.screen_eta=ETA")
+    p.add_argument(
+        "--prior",
+        default=None,
+        metavar="RUN",
+        help="with --optimizer model: a memrl train run folder; its real evaluations on other datasets, each with its dataset's "
+        "descriptor, are the reward model's starting data, so the first trial is already the model's pick for this dataset; "
+        "without it the model optimizer is plain Bayesian optimisation; like --set search.prior=RUN",
+    )
     p.add_argument("--pretrained", "--model", dest="pretrained", default=None, help="override env.pretrained (the base model folder); --model is an alias")
     p.add_argument("--preset", default=None, help="override env.preset, the evaluation budget: default, search (the agent's) or quick")
     p.add_argument("--method", default=None, help="override env.method: the one PEFT method searched with (lora, difffit, ...)")

@@ -78,6 +78,12 @@ class SearchSettings:
     screen_steps: int | None = None
     #: The screen's reduction factor: about one trial in ``screen_eta`` is promoted to the full budget.
     screen_eta: int = 3
+    #: ``optimizer: model`` only: a ``memrl train`` run folder whose evaluations on other datasets
+    #: (with their descriptors) the reward model starts from (:mod:`memrl.search.model_sampler`).
+    #: ``None``: plain Bayesian optimisation on this dataset alone.
+    prior: str | None = None
+    #: ``optimizer: model`` only: the upper confidence bound's weight on the model's standard deviation.
+    model_beta: float = 1.0
 
     def __post_init__(self) -> None:
         where = "search config"
@@ -97,6 +103,10 @@ class SearchSettings:
                 raise ConfigError(where, f"'screen_steps' needs a single-objective sampler that skips pruned trials (tpe, random): {self.optimizer} {'optimises two objectives, which Optuna does not prune' if self.optimizer == 'nsga2' else 'evaluates every mask in full'}")
         if isinstance(self.screen_eta, bool) or not isinstance(self.screen_eta, int) or self.screen_eta < 2:
             raise ConfigError(where, f"'screen_eta' must be an integer >= 2 (one screened trial in screen_eta gets the full budget), got {self.screen_eta!r}")
+        if self.prior is not None and self.optimizer != "model":
+            raise ConfigError(where, f"'prior' ({self.prior}) is the reward model's starting data: it needs optimizer model, not {self.optimizer}")
+        if isinstance(self.model_beta, bool) or not isinstance(self.model_beta, (int, float)) or not self.model_beta >= 0:
+            raise ConfigError(where, f"'model_beta' must be a number >= 0 (0: the model's best mean), got {self.model_beta!r}")
         if self.warm_start is not None and not self.warm_start.strip():
             raise ConfigError(where, "'warm_start' is empty; give the path of a policy.zip written by memrl train (or leave it out)")
         if self.warm_start is not None and not OPTIMIZERS[self.optimizer].warm_start:

@@ -99,6 +99,10 @@ def _exhaustive(seed: int, params_at: ParamsAt, budget: int):  # noqa: ANN202, A
     return exhaustive_sampler(params_at)
 
 
+def _model(seed: int, params_at: ParamsAt, budget: int):  # noqa: ANN202, ARG001
+    raise MemrlError("the model optimizer is built by memrl.search.run.search (it needs the dataset, the evaluator and the prior)")
+
+
 OPTIMIZERS: dict[str, Optimizer] = {
     o.name: o
     for o in (
@@ -106,6 +110,7 @@ OPTIMIZERS: dict[str, Optimizer] = {
         Optimizer("nsga2", _nsga2, True, "Optuna's NSGA-II on FID and the memorization metric (both minimised); best point by the reward"),
         Optimizer("random", _random, False, "uniformly random proposals (Optuna's RandomSampler)"),
         Optimizer("exhaustive", _exhaustive, False, "every mask once, in order (budget: the whole space)", stateful=False, warm_start=False),
+        Optimizer("model", _model, False, "Bayesian optimisation with memrl's reward model (a Gaussian process), warm from --prior RUN's evaluations on other datasets", stateful=False),
     )
 }
 

@@ -125,6 +125,27 @@ def screen_config(cfg: SearchConfig, eval_cfg):  # noqa: ANN001, ANN201
     return replace(eval_cfg, finetune=replace(eval_cfg.finetune, steps=int(steps)))
 
 
+def build_model_sampler(cfg: SearchConfig, ev: MaskEvaluator, data, units: list[str], space: dict, params_at, n: int):  # noqa: ANN001, ANN201
+    """``--optimizer model``'s sampler: the reward model on this dataset, with ``search.prior``'s
+    evaluations of other datasets when given (:mod:`memrl.search.model_sampler`)."""
+    from memrl.evaluation.surrogate import SurrogateFeatures
+    from memrl.peft_masking import Mask
+    from memrl.search.model_sampler import load_prior, model_sampler
+
+    env = cfg.env
+    methods = cfg.methods()
+    lr_scales = len(env.lr_scales) > 1 if env.lr_scales else False
+    prior = load_prior(cfg.search.prior, ev, data, cfg.dataset(), units, methods, lr_scales) if cfg.search.prior else None
+    features = prior.features if prior is not None else SurrogateFeatures(0, len(units), methods, lr_scales)
+
+    def decode(params: dict) -> tuple[str, str, float | None]:
+        bits, method, lr = decode_action(params_to_action(params, units, env.methods, env.lr_scales), len(units), env.method, env.methods, env.lr_scales)
+        mask = Mask.from_bits([int(b) for b in bits], units)
+        return ev.effective_mask(method, mask)[0].bitstring, method, lr  # the units actually trained, as the prior's rows
+
+    return model_sampler(cfg.search.seed, space, params_at, n, decode, features, prior, cfg.search.model_beta)
+
+
 def make_pruner(cfg: SearchConfig):  # noqa: ANN201
     """Successive halving over one rung (the screen) when ``search.screen_steps`` is set, else no pruning."""
     import optuna
@@ -341,7 +362,10 @@ def search(cfg: SearchConfig | None, out: str | Path, resume: bool = False, prog
     book = ground_truth_book(cfg, dataset)
 
     state = _load_state(run) if resume else {}
-    sampler = state.get("sampler") or optimizer.make(cfg.search.seed, params_at, total)
+    if optimizer.name == "model":  # rebuilt from the config (also on resume): it keeps no state
+        sampler = build_model_sampler(cfg, ev, data, units, space, params_at, n_actions(dims))
+    else:
+        sampler = state.get("sampler") or optimizer.make(cfg.search.seed, params_at, total)
     if not resume:
         created = not run.exists()
         run.mkdir(parents=True, exist_ok=True)

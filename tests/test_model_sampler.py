@@ -1,0 +1,104 @@
+"""``memrl search --optimizer model [--prior RUN]``: Bayesian optimisation with the reward model,
+answered from test_lookup's full table of `inverted` (no fine-tuning)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import yaml
+from test_lookup import TINY, full_table, made  # noqa: F401 - module fixtures
+
+from memrl.errors import MemrlError
+from memrl.utils.config import ConfigError
+
+TARGET = "0110010"
+
+
+def config(model_dir: Path, **search):  # noqa: ANN201
+    from memrl.search.config import SearchConfig
+
+    env = {"pretrained": str(model_dir), "datasets": ["inverted"], "method": "lora", "preset": "quick", "eval_overrides": TINY}
+    return SearchConfig.from_dict({"env": env, "search": {"optimizer": "model", "budget": 6, "final_pictures": False, **search}})
+
+
+def run(cfg, folder: Path, table: Path, **kw) -> list[str]:  # noqa: ANN001
+    from memrl.search.run import search
+
+    cfg.search.lookup = str(table)
+    search(cfg, folder, progress=False, echo=lambda _s: None, **kw)
+    with open(folder / "evaluations.csv", newline="") as f:
+        return [r["proposed_mask_bits"] for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def prior_run(full_table, quick_model_dir, tmp_path_factory):  # noqa: F811
+    """A train run's files on another dataset (`mirrored`): a descriptor basis and 40 evaluations whose
+    reward falls with the Hamming distance to TARGET."""
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.descriptor import DescriptorBasis
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    folder = tmp_path_factory.mktemp("prior") / "run"
+    folder.mkdir()
+    lk = LookupEvaluator.from_dir(full_table)
+    net = lk.require_feature_net()
+    data = [load_dataset(d, lk.image_size, lk.image_channels) for d in ("mirrored", "inverted")]
+    DescriptorBasis.fit(net, data).save(folder / "descriptor.json")
+    with open(folder / "evaluations.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "dataset", "method", "mask_bits", "lr", "reward", "failed"])
+        w.writeheader()
+        for k in range(0, 128, 3):
+            bits = format(k, "07b")
+            w.writerow({"step": k, "dataset": "mirrored", "method": "lora", "mask_bits": bits, "lr": "", "reward": -float(sum(a != b for a, b in zip(bits, TARGET))), "failed": "False"})
+        w.writerow({"step": 999, "dataset": "mirrored", "method": "lora", "mask_bits": "1111111", "lr": "", "reward": "", "failed": "True"})
+    return folder
+
+
+def test_without_a_prior_it_is_seeded_distinct_and_resumable(full_table, quick_model_dir, tmp_path):  # noqa: F811
+    model = quick_model_dir[0]
+    a = run(config(model, seed=1), tmp_path / "a", full_table)
+    assert run(config(model, seed=1), tmp_path / "b", full_table) == a
+    assert len(set(a)) == len(a) == 6  # never the same mask twice while others are left
+    assert run(config(model, seed=2), tmp_path / "c", full_table)[:2] != a[:2]  # the random start follows the seed
+    # no pickled state: a run cut at 3 trials and resumed asks what the uninterrupted one asked
+    run(config(model, seed=1, budget=3), tmp_path / "d", full_table)
+    from memrl.search.run import search
+
+    search(None, tmp_path / "d", resume=True, budget=6, progress=False, echo=lambda _s: None)
+    with open(tmp_path / "d" / "evaluations.csv", newline="") as f:
+        assert [r["proposed_mask_bits"] for r in csv.DictReader(f)] == a
+
+
+def test_the_prior_makes_the_first_trial_an_informed_pick(full_table, quick_model_dir, prior_run, tmp_path):  # noqa: F811
+    got = run(config(quick_model_dir[0], seed=0, prior=str(prior_run), budget=3), tmp_path / "p", full_table)
+    assert got[0] == TARGET  # zero evaluations of `inverted`: the model's best mask for its descriptor
+    assert len(set(got)) == 3
+
+
+def test_bad_priors_are_refused_in_one_line(full_table, quick_model_dir, prior_run, tmp_path, capsys):  # noqa: F811
+    from memrl.cli import main
+
+    from memrl.search.config import SearchSettings
+
+    with pytest.raises(ConfigError, match="'prior'.*needs optimizer model, not tpe"):
+        SearchSettings(optimizer="tpe", prior=str(prior_run))
+    with pytest.raises(MemrlError, match="not a memrl train run folder"):
+        run(config(quick_model_dir[0], prior=str(tmp_path)), tmp_path / "x", full_table)
+    same = tmp_path / "same"
+    same.mkdir()
+    (same / "descriptor.json").write_text((prior_run / "descriptor.json").read_text())
+    (same / "evaluations.csv").write_text((prior_run / "evaluations.csv").read_text().replace("mirrored", "inverted"))
+    with pytest.raises(MemrlError, match="evaluated inverted itself"):
+        run(config(quick_model_dir[0], prior=str(same)), tmp_path / "y", full_table)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"env": {"pretrained": str(quick_model_dir[0]), "datasets": ["inverted"], "method": "lora", "preset": "quick", "eval_overrides": TINY}}))
+    short = tmp_path / "short"
+    short.mkdir()
+    (short / "descriptor.json").write_text((prior_run / "descriptor.json").read_text())
+    (short / "evaluations.csv").write_text("dataset,method,mask_bits,lr,reward,failed\nmirrored,lora,0101,,-1.0,False\n")
+    rc = main(["search", "--optimizer", "model", "--prior", str(short), "--config", str(cfg), "--lookup", str(full_table), "--out", str(tmp_path / "z"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "masks have 4 bits, this search has 7 units" in err[0], err
+    assert not (tmp_path / "z").exists()
