@@ -26,7 +26,13 @@ Per dataset, with the table of the evaluation seed (``env.seed`` of ``--config``
   seed and sampler seed; TPE whose first trials are the ``--warm-k`` best fixed masks
   (``tpe+fixed``: the fair control for a warm start); and uniform random search. "Within 2%" is a
   normalised score ``(r - r_min) / (r_max - r_min) >= 0.98``; the table gives the median number of
-  distinct evaluations to get there (">" where more than half the runs did not within the budget).
+  distinct evaluations to get there (">" where more than half the runs did not within the budget);
+  ``model+prior``: ``memrl search --optimizer model --prior RUN``, Bayesian optimisation with
+  memrl's reward model fitted on a training run's real evaluations of the training members
+  (``--priors``, default the policies' runs) plus the new dataset's trials: its first trial is the
+  reward model's zero-shot pick, reported beside the policy's. It is deterministic given the
+  prior (one run per prior); ``model``: the same without a prior (plain GP Bayesian
+  optimisation, ``--seeds`` runs), the control for what the prior adds.
 
 Where a second seed's table exists for a dataset (``env.seed + 1``), the zero-shot masks and TPE's
 picks are also scored on it: a reward on a seed the picker never saw (TPE picked its best by the
@@ -60,9 +66,9 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RESULTS_NAME = "bench_transfer"
 TPE_AT = (4, 8, 16)
-FEW_SHOT = ("tpe", "tpe+policy", "tpe+fixed", "random")
-COLORS = {"tpe": "tab:blue", "tpe+policy": "tab:red", "tpe+fixed": "tab:green", "random": "tab:gray"}
-STYLES = {"tpe": "--", "tpe+policy": "-", "tpe+fixed": "-.", "random": ":"}
+FEW_SHOT = ("tpe", "tpe+policy", "tpe+fixed", "model+prior", "model", "random")
+COLORS = {"tpe": "tab:blue", "tpe+policy": "tab:red", "tpe+fixed": "tab:green", "model+prior": "tab:purple", "model": "tab:orange", "random": "tab:gray"}
+STYLES = {"tpe": "--", "tpe+policy": "-", "tpe+fixed": "-.", "model+prior": "-", "model": "--", "random": ":"}
 
 
 def _bench_search():  # noqa: ANN202
@@ -114,14 +120,14 @@ def split_of(dataset: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- runs
-def run_tpe(env, tables: Path, dataset: str, seed: int, budget: int, proposals=None, optimizer: str = "tpe") -> list[dict]:  # noqa: ANN001
-    """One ``memrl search --lookup`` run (TPE, or random), optionally warm-started with ``proposals``."""
+def run_tpe(env, tables: Path, dataset: str, seed: int, budget: int, proposals=None, optimizer: str = "tpe", prior: str | None = None) -> list[dict]:  # noqa: ANN001
+    """One ``memrl search --lookup`` run (TPE, random or model), optionally warm-started with ``proposals`` (or, for model, a ``prior`` run)."""
     from memrl.envs.config import EnvConfig
     from memrl.search.config import SearchConfig, SearchSettings
     from memrl.search.run import search
 
     e = EnvConfig.from_dict({**env.to_dict(), "datasets": [dataset], "cache": None})
-    settings = SearchSettings(optimizer=optimizer, budget=budget, dataset=dataset, seed=seed, lookup=str(tables), final_pictures=False, figures_every=budget)
+    settings = SearchSettings(optimizer=optimizer, budget=budget, dataset=dataset, seed=seed, lookup=str(tables), final_pictures=False, figures_every=budget, prior=prior)
     with tempfile.TemporaryDirectory(prefix="bench_transfer_") as tmp, contextlib.redirect_stdout(io.StringIO()):
         folder = Path(tmp) / "run"
         search(SearchConfig(env=e, search=settings), folder, progress=False, echo=lambda _s: None, proposals=proposals)
@@ -194,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--budget", type=int, default=32, help="trials per few-shot run")
     ap.add_argument("--warm-k", type=int, default=4, help="warm-start proposals (the policy's most probable / the best fixed masks)")
     ap.add_argument("--config", default="experiments/exhaustive.yaml", help="the env the tables were made with (method, granularity, preset, reward, evaluation seed)")
+    ap.add_argument("--priors", nargs="*", default=None, help="memrl train run folders whose real evaluations start the reward model of model+prior (default: the policies' runs; none: leave model+prior out)")
     ap.add_argument("--out-dir", default="experiments/results", help="where bench_transfer.png and bench_transfer.json go")
     ap.add_argument("--markdown", default=None, help="also write the markdown to this file")
     ap.add_argument("--fresh", action="store_true", help="run everything again (default: reuse runs in OUT_DIR/bench_transfer.json with the same key)")
@@ -248,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     if not truths:
         print(f"error: no test dataset has a complete table under {tables}: tables pending", file=sys.stderr)
         return 2
+    priors = [Path(p) for p in (args.priors if args.priors is not None else [Path(q.path).parent for q in policies])]
     trained_on = sorted({d for p in policies for d in p.env.datasets})
     leaked = sorted(set(truths) & set(trained_on))
     if leaked:
@@ -281,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     for d, truth in truths.items():
         data = load_dataset(d, ev.image_size, ev.image_channels)
         sig = f"table{truth['signature']}|cfg{cfg_sig}"
-        res: dict = {"zero_shot": [], "traces": {m: [] for m in FEW_SHOT}, "tpe_at": {k: [] for k in TPE_AT}, "tpe_at_seed2": {k: [] for k in TPE_AT}}
+        res: dict = {"zero_shot": [], "model_zero_shot": [], "traces": {m: [] for m in FEW_SHOT}, "tpe_at": {k: [] for k in TPE_AT}, "tpe_at_seed2": {k: [] for k in TPE_AT}}
         # zero-shot, per policy
         proposals = []
         for p in policies:
@@ -316,8 +324,18 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                 psig = "-".join(w[0] for w in warm)
                 rows = cached(f"{d}|tpe+policy|{p.path}|seed{s}|{psig}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget, proposals=warm))
                 res["traces"]["tpe+policy"].append(BS.trace(rows, truth, args.budget))
+            rows = cached(f"{d}|model|seed{s}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget, optimizer="model"))
+            res["traces"]["model"].append(BS.trace(rows, truth, args.budget))
+        for prior in priors:  # deterministic given the prior: one run each
+            psig = _signature((prior / "evaluations.csv").read_bytes().decode())
+            rows = cached(f"{d}|model+prior|{prior}|{psig}|{sig}", lambda: run_tpe(env, tables, d, 0, args.budget, optimizer="model", prior=str(prior)))
+            res["traces"]["model+prior"].append(BS.trace(rows, truth, args.budget))
+            first = rows[0]["mask_bits"]  # rows in trial order: the first is asked with no evaluation of this dataset
+            res["model_zero_shot"].append({"prior": str(prior), "mask_bits": first, "reward": truth["rewards"][first], "regret": truth["r_max"] - truth["rewards"][first], "rank": rank_of(truth, truth["rewards"][first])})
         if not fixed_top:
             del res["traces"]["tpe+fixed"]
+        if not priors:
+            del res["traces"]["model+prior"]
         per[d] = res
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -337,9 +355,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         f"Few-shot: {args.budget} trials, sampler seeds 0..{args.seeds - 1}, warm starts of {args.warm_k}."
     )
     lines.append("")
-    head = "| dataset | optimum | zero-shot regret (median; per policy) | zero-shot rank | fixed regret [rank] | random regret [rank %] | " + " | ".join(f"TPE@{k} regret" for k in TPE_AT) + " | zero-shot ≤ TPE@16 |"
+    head = "| dataset | optimum | zero-shot regret (median; per policy) | zero-shot rank | reward model zero-shot regret [rank] | fixed regret [rank] | random regret [rank %] | " + " | ".join(f"TPE@{k} regret" for k in TPE_AT) + " | zero-shot ≤ TPE@16 |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    summary = {"zero_rank_pct": [], "zero_regret": [], "fixed_regret": [], "beats_tpe16": 0}
+    summary = {"zero_rank_pct": [], "zero_regret": [], "fixed_regret": [], "beats_tpe16": 0, "model_regret": [], "model_rank_pct": [], "model_beats_tpe16": 0}
     for d, res in per.items():
         truth = truths[d]
         n = truth["masks"]
@@ -355,9 +373,18 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         if fixed_r is not None:
             summary["fixed_regret"].append(truth["r_max"] - fixed_r)
         fixed_txt = f"{truth['r_max'] - fixed_r:.3f} [{rank_of(truth, fixed_r)}]" if fixed_r is not None else "n/a"
+        mz = res["model_zero_shot"]
+        if mz:
+            m_reg, m_rank = float(np.median([z["regret"] for z in mz])), float(np.median([z["rank"] for z in mz]))
+            summary["model_regret"].append(m_reg)
+            summary["model_rank_pct"].append(m_rank / n)
+            summary["model_beats_tpe16"] += int(m_reg <= tpe[16])
+            model_txt = f"{m_reg:.3f} [{m_rank:.0f}] `{'`, `'.join(z['mask_bits'] for z in mz)}`"
+        else:
+            model_txt = "n/a"
         lines.append(
             f"| {d} | {truth['r_max']:.3f} ({'; '.join(truth['optimum_bits'])}) | {np.median(zr):.3f} ({', '.join(f'{x:.2f}' for x in zr)}) | "
-            f"{np.median(zk):.0f} of {n} ({', '.join(str(x) for x in zk)}) | {fixed_txt} | {rand_regret:.3f} [50%] | "
+            f"{np.median(zk):.0f} of {n} ({', '.join(str(x) for x in zk)}) | {model_txt} | {fixed_txt} | {rand_regret:.3f} [50%] | "
             + " | ".join(f"{tpe[k]:.3f}" for k in TPE_AT)
             + f" | {'yes' if beats else 'no'} |"
         )
@@ -376,7 +403,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                 + " |"
             )
         lines.append("")
-    lines.append("Few-shot: distinct evaluations to within 2% of the optimum, median [IQR] over runs (runs = sampler seeds, times policies for tpe+policy):")
+    lines.append("Few-shot: distinct evaluations to within 2% of the optimum, median [IQR] over runs (runs = sampler seeds, times policies for tpe+policy; one per prior for model+prior):")
     lines.append("")
     head3 = "| dataset | " + " | ".join(m for m in FEW_SHOT if any(m in per[d]["traces"] for d in per)) + " |"
     lines += [head3, "|" + "---|" * (head3.count("|") - 1)]
@@ -398,6 +425,21 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         lines.append(f"- zero-shot mean regret {zm:.3f} vs best fixed mask {fm:.3f} -> {'met' if zm < fm else 'not met'}")
     half = summary["beats_tpe16"] >= len(per) / 2
     lines.append(f"- zero-shot at least as good as TPE@16 on {summary['beats_tpe16']} of {len(per)} datasets -> {'met' if half else 'not met'}")
+    if summary["model_regret"]:
+        mm_, mr_ = float(np.mean(summary["model_regret"])), float(np.median(summary["model_rank_pct"]))
+        fm_txt = f" vs best fixed mask {float(np.mean(summary['fixed_regret'])):.3f}" if summary["fixed_regret"] else ""
+        lines.append(
+            f"- reward model zero-shot (model+prior's first trial): rank {mr_:.1%} (median), mean regret {mm_:.3f}{fm_txt}, "
+            f"at least as good as TPE@16 on {summary['model_beats_tpe16']} of {len(per)} datasets"
+        )
+    if "model+prior" in pooled:
+        q_mp = BS.quantiles([t["hit"] for t in pooled["model+prior"]], args.budget)[1]
+        q_m = BS.quantiles([t["hit"] for t in pooled["model"]], args.budget)[1]
+        q_t = BS.quantiles([t["hit"] for t in pooled["tpe"]], args.budget)[1]
+        lines.append(
+            f"- few-shot: model+prior median {BS._fmt_q(q_mp, args.budget)} vs tpe {BS._fmt_q(q_t, args.budget)} (model without prior {BS._fmt_q(q_m, args.budget)}) "
+            f"evaluations to within 2% -> {'met' if q_mp[0] < q_t[0] and not q_mp[1] else 'not met'}"
+        )
     q_warm = BS.quantiles([t["hit"] for t in pooled["tpe+policy"]], args.budget)[1]
     q_tpe = BS.quantiles([t["hit"] for t in pooled["tpe"]], args.budget)[1]
     lines.append(f"- few-shot: tpe+policy median {BS._fmt_q(q_warm, args.budget)} vs tpe {BS._fmt_q(q_tpe, args.budget)} evaluations to within 2% -> {'met' if q_warm[0] < q_tpe[0] and not q_warm[1] else 'not met'}")
@@ -423,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         span = truth["r_max"] - truth["r_min"]
         z = float(np.median([(z["reward"] - truth["r_min"]) / span for z in res["zero_shot"]])) if span else 1.0
         marks = {"zero-shot policy": (z, "tab:red", "*")}
+        if res["model_zero_shot"]:
+            marks["zero-shot reward model"] = (float(np.median([(z["reward"] - truth["r_min"]) / span for z in res["model_zero_shot"]])) if span else 1.0, "tab:purple", "P")
         if fixed:
             marks["best fixed mask"] = ((truth["rewards"][fixed[0][0]] - truth["r_min"]) / span if span else 1.0, "tab:green", "D")
         panels.append((d, res["traces"], marks))

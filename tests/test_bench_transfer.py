@@ -120,15 +120,19 @@ def test_bench_transfer_reports_the_tables_numbers(setup, tmp_path, capsys):
     train_truth = mod.BS.ground_truth(ev, env, "inverted")
     fixed = max(train_truth["rewards"], key=train_truth["rewards"].get)
     assert f"training tables (inverted): {fixed}" in text
-    assert float(row[4].split(" ")[0]) == pytest.approx(truth["r_max"] - truth["rewards"][fixed], abs=1e-3)
+    assert float(row[5].split(" ")[0]) == pytest.approx(truth["r_max"] - truth["rewards"][fixed], abs=1e-3)
     # few-shot table: every method, and goals with a verdict each
     few = next(_cells(x) for x in text.splitlines() if x.startswith("| dataset | tpe |"))
-    assert few[1:] == ["tpe", "tpe+policy", "tpe+fixed", "random"]
-    for line in ("zero-shot rank in the top 10%", "mean regret", "TPE@16 on", "few-shot: tpe+policy", "cost: training spent"):
+    assert few[1:] == ["tpe", "tpe+policy", "tpe+fixed", "model+prior", "model", "random"]
+    for line in ("zero-shot rank in the top 10%", "mean regret", "TPE@16 on", "few-shot: tpe+policy", "few-shot: model+prior", "reward model zero-shot", "cost: training spent"):
         assert line in text
     raw = json.loads((out / "bench_transfer.json").read_text())
     keys = [r["key"] for r in raw["runs"]]
-    assert len(keys) == 2 * 4 and len(set(keys)) == 8
+    assert len(keys) == 2 * 5 + 1 and len(set(keys)) == 11  # per seed tpe, random, tpe+fixed, tpe+policy, model; one model+prior (the policy's run)
+    # the reward model's zero-shot pick is model+prior's first trial, scored on the table
+    mp = next(r for r in raw["runs"] if "|model+prior|" in r["key"])
+    first = mp["rows"][0]["mask_bits"]
+    assert f"`{first}`" in row[4] and float(row[4].split(" ")[0]) == pytest.approx(truth["r_max"] - truth["rewards"][first], abs=1e-3)
     # the warm-started runs begin with the warm start: the policy's 2 most probable proposals, the 2 best fixed masks
     ranked = [p.mask.bitstring for p in policy.ranked(ev, policy.describe(ev, data), k=2)]
     for r in raw["runs"]:
