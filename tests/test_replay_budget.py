@@ -89,6 +89,23 @@ def test_budget_refines_the_policy_mask(policy, ranked, tmp_path, capsys):
     assert (out / "model").is_dir() and (out / "samples.png").is_file()
 
 
+def test_budget_with_the_reward_model_starts_from_the_policys_training(policy, tmp_path, capsys):
+    """--optimizer model: the search's prior is the policy's run (its evaluations of `inverted`), no warm start."""
+    from memrl.cli import main
+
+    out = tmp_path / "out"
+    assert main(["replay", "--policy", str(policy), "--dataset", "thick", "--out", str(out), "--budget", "2", "--optimizer", "model", "--no-progress", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    rs = rows(out / "search")
+    assert len(rs) == 2 and len({r["mask_bits"] for r in rs}) == 2
+    assert rep["search"]["optimizer"] == "model" and rep["search"]["warm_start_k"] == 0 and rep["search"]["warm_start"] is False
+    saved = yaml.safe_load((out / "search" / "config.yaml").read_text())
+    assert saved["search"]["prior"] == str(policy.parent) and saved["search"]["warm_start"] is None
+    assert rep["mask_bits"] == max(rs, key=lambda r: float(r["reward"]))["mask_bits"]
+    assert main(["replay", "--policy", str(policy), "--dataset", "thick", "--out", str(tmp_path / "x"), "--budget", "2", "--optimizer", "model", "--warm-start-k", "1"]) == 2
+    assert "--warm-start-k is for tpe and random" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
 def test_budget_with_fewer_proposals_lets_the_optimizer_continue(policy, ranked, tmp_path, capsys):
     from memrl.cli import main
 

@@ -89,7 +89,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "reward), warm-started with the policy's most probable proposals (its own mask first); its best mask by reward is fine-tuned",
     )
     r.add_argument("--warm-start-k", default=None, metavar="N", help="with --budget: how many of the policy's proposals start the search (default min(4, K))")
-    r.add_argument("--optimizer", default=None, metavar="NAME", help="with --budget: the search's optimizer after the warm start, tpe (default) or random")
+    r.add_argument("--optimizer", default=None, metavar="NAME", help="with --budget: the search's optimizer, tpe (default) or random after the warm start, or model: Bayesian optimisation with the reward model fitted on the policy's own training evaluations (memrl search --optimizer model --prior POLICY_RUN; no warm start)")
     r.add_argument("--feature-net", default=None, metavar="FOLDER|MODULE:CALLABLE", help=FEATURE_NET_HELP + "; default: the policy's env.feature_net (the network its descriptor basis was fitted with)")
     r.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bars (--json hides them too)")
@@ -295,7 +295,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             z = rep["zero_shot"]
             zr = "not evaluated" if z["search_reward"] is None else f"search reward {z['search_reward']:.3f}"
             best = "no evaluation succeeded: the policy's mask is kept" if s["reward"] is None else f"best search reward {s['reward']:.3f} (trial {s['step']}{', a policy proposal' if s['warm_start'] else ''})"
-            print(f"dataset {rep['dataset']}: searched mask [{units}] ({rep['method']}, lr {rep['lr']:g}), {rep['search_evaluations']} search evaluations ({s['optimizer']}, warm-started with {s['warm_start_k']} policy proposal{'s' if s['warm_start_k'] != 1 else ''})")
+            print(f"dataset {rep['dataset']}: searched mask [{units}] ({rep['method']}, lr {rep['lr']:g}), {rep['search_evaluations']} search evaluations ({s['optimizer']}, " + (f"warm-started with {s['warm_start_k']} policy proposal{'s' if s['warm_start_k'] != 1 else ''})" if s["warm_start_k"] else "the reward model from the policy's training evaluations)"))
             print(f"  zero-shot   : policy mask [{', '.join(z['mask_units']) or 'none'}] {zr}; {best}")
         label = "policy mask " if s is None else "searched    "
         print(f"  {label}: FID {m['fid']:.2f}  nn_own_rate {m['nn_own_rate']:.3f}  replication {m['replication_rate']:.3f}  trainable {100 * m['trainable_fraction']:.2f}%")

@@ -7,10 +7,12 @@
    zero-shot proposal.
 3. With ``budget`` K > 0 (few-shot refinement): spend K real evaluations on the new dataset with the
    policy's own env settings (method(s), lr scales, preset, eval_overrides, seed, reward: the
-   objective it was trained on) in a ``memrl search`` run in ``OUT/search/`` (tpe or random),
+   objective it was trained on) in a ``memrl search`` run in ``OUT/search/``: tpe or random
    warm-started with the policy's most probable proposals, its deterministic mask first
-   (``warm_start_k``, default ``min(4, K)``). The search's best mask by reward replaces the
-   zero-shot one. With K = 0 (the default) nothing is searched: today's replay, unchanged.
+   (``warm_start_k``, default ``min(4, K)``), or ``model``: the reward model fitted on the
+   policy's own training evaluations (its run folder is the ``--prior``), no warm start. The
+   search's best mask by reward replaces the zero-shot one. With K = 0 (the default) nothing is
+   searched: today's replay, unchanged.
 4. Stage 2: fine-tune with the chosen mask on the whole dataset (no forced duplication unless
    ``n_repeats`` > 1), measure it, and measure full fine-tuning on the same data and budget.
 5. Write ``OUT/report.json`` (with ``zero_shot``, ``search_evaluations`` and ``search``), the
@@ -35,7 +37,7 @@ from memrl.utils.io import atomic_dir, write_json_atomic
 
 REFERENCE_KEYS = (*SUMMARY_METRICS, "trainable_fraction")
 #: Optimizers ``memrl replay --budget`` refines with (a warm start needs enqueued trials).
-REFINE_OPTIMIZERS = ("tpe", "random")
+REFINE_OPTIMIZERS = ("tpe", "random", "model")
 #: The most policy proposals a refinement enqueues by default (never more than the budget).
 DEFAULT_WARM_START_K = 4
 #: The refinement's search run, inside ``OUT``.
@@ -65,6 +67,9 @@ def refinement_config(policy: TrainedPolicy, dataset: str, pretrained: str, budg
     from memrl.search.config import SearchConfig, SearchSettings
 
     env = policy.env.with_(datasets=[dataset], pretrained=str(pretrained), cache=str(out / "evaluations.sqlite"), device=device, feature_net=feature_net or policy.env.feature_net)
+    if optimizer == "model":  # the reward model starts from the policy's training evaluations instead of a warm start
+        settings = SearchSettings(optimizer="model", budget=budget, dataset=dataset, final_pictures=False, prior=str(Path(policy.path).parent))
+        return SearchConfig(env=env, search=settings)
     settings = SearchSettings(optimizer=optimizer, budget=budget, dataset=dataset, final_pictures=False, warm_start=str(policy.path), warm_start_k=warm_start_k)
     return SearchConfig(env=env, search=settings)
 
@@ -142,7 +147,11 @@ def replay(
         raise MemrlError(f"{given} refine(s) the policy's mask with a search: give --budget K > 0 (search evaluations) too")
     if optimizer is not None and optimizer not in REFINE_OPTIMIZERS:
         raise MemrlError(f"--optimizer {optimizer!r} cannot refine a policy's mask; valid: {', '.join(REFINE_OPTIMIZERS)}")
+    if optimizer == "model" and warm_start_k is not None:
+        raise MemrlError("--warm-start-k is for tpe and random: --optimizer model starts from the reward model fitted on the policy's training evaluations, not from its proposals")
     k = checked_count(warm_start_k, "--warm-start-k", 1, "policy proposals that start the search") if warm_start_k is not None else min(DEFAULT_WARM_START_K, budget)
+    if optimizer == "model":
+        k = 0
     tp = TrainedPolicy.load(policy)
     env_cfg = tp.env
     out = Path(out)
