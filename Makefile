@@ -25,12 +25,15 @@ test: $(STAMP)
 RUN ?= runs/demo
 
 # The main job on the embedded default: pretrain once (~11 min on 2 cores), train the selection
-# agent (experiments/digits.yaml, ~15 min; an interrupted run resumes), replay it on a held-out variant.
+# agent (experiments/digits.yaml, ~15 min; an interrupted run resumes), replay it on the held-out
+# `mirrored` variant with the winning configuration: the reward model fitted on the training run's
+# evaluations picks the mask (its zero-shot pick, then one refinement; 2 search evaluations).
 demo: $(STAMP)
 	test -f $(MODEL)/pretrain_metrics.json || $(VENV)/bin/memrl pretrain --out $(MODEL)
 	if [ -f $(RUN)/config.yaml ]; then $(VENV)/bin/memrl train --out $(RUN) --resume; \
 	else $(VENV)/bin/memrl train --config experiments/digits.yaml --out $(RUN) --pretrained $(MODEL); fi
-	$(VENV)/bin/memrl replay --policy $(RUN)/policy.zip --dataset mirrored --out $(RUN)/replay-mirrored
+	rm -rf $(RUN)/replay-mirrored
+	$(VENV)/bin/memrl replay --policy $(RUN)/policy.zip --dataset mirrored --budget 2 --optimizer model --out $(RUN)/replay-mirrored
 	@echo "TensorBoard: $(VENV)/bin/tensorboard --logdir $(RUN)/tb"
 	$(VENV)/bin/memrl report $(RUN) --out $(RUN)/report.html
 
