@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1] / "memrl"
 #: never imports agents (a trained policy, for ``--warm-start``, is loaded by memrl.envs.policy).
 RANK = {
     "cli": 11, "interop": 10, "agents": 9, "search": 8, "reporting": 7, "envs": 7, "evaluation": 6, "training": 5,
-    "data": 4, "metrics": 3, "peft_masking": 3, "models": 3, "utils": 2, "errors": 1, "__init__": 12,
+    "data": 4, "metrics": 3, "peft_masking": 3, "models": 3, "utils": 2, "errors": 1, "__init__": 12, "__main__": 12,
 }  # fmt: skip
 
 
