@@ -391,6 +391,10 @@ class Evaluator:
         key = request_key(req)
         t_lookup = time.time()
         result, computed = self.cache.get_or_compute(key, req, lambda: self.run(data, mask, cfg, progress=progress))
+        return self._tallied(result, computed, t_lookup)
+
+    def _tallied(self, result: dict, computed: bool, t_lookup: float) -> dict:
+        """A copy of the cache's answer marked ``cached`` (or not), counted as a hit or a miss."""
         result = dict(result)
         result["cached"] = not computed
         if computed:
@@ -434,14 +438,7 @@ class Evaluator:
                 raise  # a crash: the launcher stops every process
             par.broadcast(("error", "MemrlError" if isinstance(exc, MemrlError) else "failed", str(exc)))
             raise
-        result = dict(result)
-        result["cached"] = not computed
-        if computed:
-            self.misses += 1
-        else:
-            self.hits += 1
-            result["computed_seconds"] = result.get("seconds")
-            result["seconds"] = round(time.time() - t_lookup, 4)
+        result = self._tallied(result, computed, t_lookup)
         par.broadcast(("ok", result))
         return result
 
