@@ -61,17 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     from dataclasses import replace
 
     cheap, full = args.presets
-    configs = {full: preset(full)}
+    cheap_cfg = preset(cheap)
     if args.cheap_steps is not None:
-        base = preset(cheap)
         cheap = f"{cheap}@{args.cheap_steps}"
-        configs = {cheap: replace(base, finetune=replace(base.finetune, steps=args.cheap_steps)), **configs}
-    else:
-        configs = {cheap: preset(cheap), **configs}
-    if len(configs) != 2:
-        ap.error("--presets CHEAP FULL: give two different presets, or the same one with --cheap-steps")
-    res: dict[str, dict[str, dict]] = {cheap: {}, full: {}}
-    for name, cfg in configs.items():
+        cheap_cfg = replace(cheap_cfg, finetune=replace(cheap_cfg.finetune, steps=args.cheap_steps))
+    res: dict[str, dict[str, dict]] = {cheap: {}, full: {}}  # one entry when a preset is compared with itself
+    for name, cfg in ((cheap, cheap_cfg), (full, preset(full))):
         for bits in masks:
             r = ev.evaluate(data, args.method, Mask.from_bits([int(c) for c in bits], ev.units), cfg, seed=args.seed)
             res[name][bits] = r
