@@ -108,6 +108,8 @@ def model_sampler(seed: int, space: dict, params_at: Callable[[int], dict], n_ac
     class RewardModelSampler(BaseSampler):
         def __init__(self) -> None:
             self.seed, self.beta, self.prior = int(seed), float(beta), prior
+            self._rows: dict[tuple, np.ndarray] = {}  # model inputs by parameters: decoded once, not every trial
+            self._every: list[dict] | None = None  # every action's parameters, when the space is enumerated
 
         def infer_relative_search_space(self, study, trial) -> dict:  # noqa: ANN001
             return dict(space)
@@ -116,18 +118,23 @@ def model_sampler(seed: int, space: dict, params_at: Callable[[int], dict], n_ac
             return self._choose(study, trial) if search_space else {}
 
         def _row(self, params: dict) -> np.ndarray:
-            bits, method, lr = decode(params)
-            return features.row(context, bits, method, lr)
+            key = tuple(sorted(params.items()))
+            if key not in self._rows:
+                bits, method, lr = decode(params)
+                self._rows[key] = features.row(context, bits, method, lr)
+            return self._rows[key]
 
         def _choose(self, study, trial) -> dict:  # noqa: ANN001
             rng = np.random.default_rng([self.seed, trial.number])
             if n_actions <= MAX_CANDIDATES:
-                ks = np.arange(n_actions)
+                if self._every is None:
+                    self._every = [params_at(k) for k in range(n_actions)]
+                pool = self._every
             else:
-                ks = np.unique(rng.integers(0, n_actions, MAX_CANDIDATES))
+                pool = [params_at(int(k)) for k in np.unique(rng.integers(0, n_actions, MAX_CANDIDATES))]
             trials = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number and t.params]
             asked = {tuple(sorted(t.params.items())) for t in trials}
-            cands = [p for p in (params_at(int(k)) for k in ks) if tuple(sorted(p.items())) not in asked]
+            cands = [p for p in pool if tuple(sorted(p.items())) not in asked]
             if not cands:  # every candidate asked: repeat one (the cache answers)
                 return params_at(int(rng.integers(n_actions)))
             done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]

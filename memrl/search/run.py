@@ -134,7 +134,7 @@ def build_model_sampler(cfg: SearchConfig, ev: MaskEvaluator, data, units: list[
 
     env = cfg.env
     methods = cfg.methods()
-    lr_scales = len(env.lr_scales) > 1 if env.lr_scales else False
+    lr_scales = len(env.lr_scales) > 1
     prior = load_prior(cfg.search.prior, ev, data, cfg.dataset(), units, methods, lr_scales) if cfg.search.prior else None
     features = prior.features if prior is not None else SurrogateFeatures(0, len(units), methods, lr_scales)
 
