@@ -89,7 +89,7 @@ def versus_full(raw: dict[str, list[dict]], fid_ratio: float = 1.2, cut: float =
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="runs/digits-base", help="pretrained model folder")
     ap.add_argument("--dataset", default="inverted", help="fine-tuning dataset (built-in variant, folder or CSV)")
@@ -103,7 +103,7 @@ def main() -> int:
     ap.add_argument("--finetune-steps", type=int, default=None, help="override the preset's fine-tuning steps (a longer or shorter budget for every row)")
     ap.add_argument("--only", nargs="*", default=None, metavar="LABEL", help="keep only these standard rows, by 'method | mask label' (e.g. 'full | all'); --extra rows are always kept")
     ap.add_argument("--extra", nargs="*", default=[], metavar="METHOD:MASK", help="extra rows, e.g. a mask found by memrl train: difffit:up_blocks.1,up_blocks.2")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     ev = Evaluator(args.model, device=args.device, cache=args.cache, granularity=args.granularity)
     data = load_dataset(args.dataset, ev.model.image_size, ev.model.image_channels)

@@ -67,14 +67,15 @@ def test_extra_action_dims(evaluator):
 
 @pytest.mark.slow
 def test_check_env_gymnasium_and_sb3_on_the_default_config(quick_model_dir, tmp_path):
-    """Gymnasium's and SB3's own checkers on ``gymnasium.make`` with the default env config (only the
-    preset made ``quick``, and the quick test model as the base). Gymnasium compares the infos of
-    two identical steps, the second being a cache hit: run-time facts are not in the default info."""
+    """Gymnasium's and SB3's own checkers on ``gymnasium.make`` with the default env config (its six
+    datasets, reward and horizon; only the evaluation budget made tiny, and the quick test model as
+    the base: SB3's NaN check alone takes 10 random steps). Gymnasium compares the infos of two
+    identical steps, the second being a cache hit: run-time facts are not in the default info."""
     from gymnasium.utils.env_checker import check_env as gym_check
     from stable_baselines3.common.env_checker import check_env as sb3_check
 
-    config = {"pretrained": str(quick_model_dir[0]), "preset": "quick", "cache": str(tmp_path / "c.sqlite")}
-    assert set(config) - {"pretrained", "cache"} == {"preset"}
+    config = {"pretrained": str(quick_model_dir[0]), "preset": "quick", "eval_overrides": TINY, "cache": str(tmp_path / "c.sqlite")}
+    assert set(config) - {"pretrained", "cache"} == {"preset", "eval_overrides"}
     env = gymnasium.make(ENV_ID, config=config)
     assert len(env.unwrapped.config.datasets) == len(EnvConfig().datasets)
     gym_check(env, skip_render_check=True)

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,20 +10,31 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _effect_table(model: Path, tmp: Path, *extra: str) -> str:
-    cmd = [sys.executable, str(ROOT / "experiments" / "effect_table.py"), "--model", str(model), "--preset", "quick", "--seeds", "0",
-           "--only", "full | all", "--cache", str(tmp / "c.sqlite"), "--out", str(tmp / "table"), *extra]  # fmt: skip
-    p = subprocess.run(cmd, env=dict(os.environ, HF_HUB_OFFLINE="1"), capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return p.stdout
+def _load(name: str):  # noqa: ANN202
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _effect_table(model: Path, tmp: Path, capsys, *extra: str) -> str:
+    """The script's output, run in this process (four runs: a subprocess each would re-import torch)."""
+    budget = [] if "--finetune-steps" in extra else ["--finetune-steps", "2"]  # reuse does not depend on the budget's size
+    argv = ["--model", str(model), "--preset", "quick", "--seeds", "0", "--only", "full | all",
+            "--cache", str(tmp / "c.sqlite"), "--out", str(tmp / "table"), *budget, *extra]  # fmt: skip
+    capsys.readouterr()
+    assert _load("effect_table").main(argv) == 0
+    return capsys.readouterr().out
 
 
 @pytest.mark.slow
-def test_effect_table_reuses_rows_only_for_the_same_full_request(quick_model_dir, tmp_path):
+def test_effect_table_reuses_rows_only_for_the_same_full_request(quick_model_dir, tmp_path, capsys):
     model = quick_model_dir[0]
-    first = _effect_table(model, tmp_path)
+    first = _effect_table(model, tmp_path, capsys)
     assert "reused" not in first
-    again = _effect_table(model, tmp_path)
+    again = _effect_table(model, tmp_path, capsys)
     assert "reused 1 row(s)" in again
     # another model with the same units, data, preset and seeds is another request: nothing
     # stale is reprinted (the old check compared only dataset, preset, seeds and units)
@@ -41,9 +49,9 @@ def test_effect_table_reuses_rows_only_for_the_same_full_request(quick_model_dir
     name = next(k for k in state if k.endswith("conv_out.bias"))
     state[name] = state[name] + 0.01
     save_file(state, str(wfile))
-    assert "reused" not in _effect_table(other, tmp_path)
+    assert "reused" not in _effect_table(other, tmp_path, capsys)
     # another budget too
-    assert "reused" not in _effect_table(model, tmp_path, "--finetune-steps", "3")
+    assert "reused" not in _effect_table(model, tmp_path, capsys, "--finetune-steps", "3")
     rows = json.loads((tmp_path / "table.json").read_text())["results"]
     assert all(r["units_trained"] is not None and "reuse_key" in r for rs in rows.values() for r in rs)
 

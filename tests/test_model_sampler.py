@@ -77,6 +77,40 @@ def test_the_prior_makes_the_first_trial_an_informed_pick(full_table, quick_mode
     assert len(set(got)) == 3
 
 
+def test_the_zero_shot_pick_takes_the_mean_and_later_trials_the_bound(full_table, quick_model_dir, prior_run, tmp_path, monkeypatch):  # noqa: F811
+    """``model_first_beta`` rules the first trial alone, ``model_beta`` the later ones. A stand-in
+    model makes the rules disagree: its mean is best at MEAN_BEST then SECOND, its bound at BOLD."""
+    import numpy as np
+
+    import memrl.search.model_sampler as ms
+
+    MEAN_BEST, SECOND, BOLD = "1000000", "0100000", "0000001"
+
+    class Model:
+        def __init__(self, seed: int) -> None:
+            pass
+
+        def fit(self, X, y):  # noqa: ANN001, ANN201
+            return self
+
+        def predict(self, X):  # noqa: ANN001, ANN201
+            bits = ["".join(str(int(v)) for v in row) for row in np.asarray(X)[:, -7:]]
+            mean = np.asarray([{MEAN_BEST: 2.0, SECOND: 1.5, BOLD: 1.0}.get(b, 0.0) for b in bits])
+            std = np.asarray([5.0 if b == BOLD else 0.1 for b in bits])
+            return mean, std
+
+    monkeypatch.setattr(ms, "RewardSurrogate", Model)
+    model = quick_model_dir[0]
+    default = run(config(model, seed=0, prior=str(prior_run), budget=2), tmp_path / "m", full_table)
+    assert default == [MEAN_BEST, BOLD]  # the zero-shot pick is the best mean, then the bound (model_beta 1)
+    bold = run(config(model, seed=0, prior=str(prior_run), budget=2, model_first_beta=1.0), tmp_path / "u", full_table)
+    assert bold == [BOLD, MEAN_BEST]
+    greedy = run(config(model, seed=0, prior=str(prior_run), budget=2, model_beta=0.0), tmp_path / "g", full_table)
+    assert greedy == [MEAN_BEST, SECOND]
+    with pytest.raises(ConfigError, match="'model_first_beta' must be a number >= 0"):
+        config(model, prior=str(prior_run), model_first_beta=-1)
+
+
 def test_bad_priors_are_refused_in_one_line(full_table, quick_model_dir, prior_run, tmp_path, capsys):  # noqa: F811
     from memrl.cli import main
 

@@ -84,6 +84,11 @@ class SearchSettings:
     prior: str | None = None
     #: ``optimizer: model`` only: the upper confidence bound's weight on the model's standard deviation.
     model_beta: float = 1.0
+    #: ``optimizer: model`` with a ``prior`` only: the same weight for the first trial, the model's
+    #: zero-shot pick on the new dataset. 0 (default): the best posterior mean, the best guess when
+    #: the budget may be a single evaluation; chosen by leave-one-member-out on the training
+    #: members (``experiments/zero_shot_rule.py``: mean regret 0.38 against 0.60 for beta 1).
+    model_first_beta: float = 0.0
 
     def __post_init__(self) -> None:
         where = "search config"
@@ -105,8 +110,10 @@ class SearchSettings:
             raise ConfigError(where, f"'screen_eta' must be an integer >= 2 (one screened trial in screen_eta gets the full budget), got {self.screen_eta!r}")
         if self.prior is not None and self.optimizer != "model":
             raise ConfigError(where, f"'prior' ({self.prior}) is the reward model's starting data: it needs optimizer model, not {self.optimizer}")
-        if isinstance(self.model_beta, bool) or not isinstance(self.model_beta, (int, float)) or not self.model_beta >= 0:
-            raise ConfigError(where, f"'model_beta' must be a number >= 0 (0: the model's best mean), got {self.model_beta!r}")
+        for name in ("model_beta", "model_first_beta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+                raise ConfigError(where, f"'{name}' must be a number >= 0 (0: the model's best mean), got {value!r}")
         if self.warm_start is not None and not self.warm_start.strip():
             raise ConfigError(where, "'warm_start' is empty; give the path of a policy.zip written by memrl train (or leave it out)")
         if self.warm_start is not None and not OPTIMIZERS[self.optimizer].warm_start:

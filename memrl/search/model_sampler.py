@@ -10,7 +10,9 @@ Gaussian process on dataset descriptor + effective mask bits) is fitted on
 * this study's finished trials, with this dataset's descriptor,
 
 and the trial is the candidate with the highest upper confidence bound ``mean + beta x std``
-among the masks this study has not asked yet. The prior is what training the agent bought: on a
+among the masks this study has not asked yet; the first trial with a prior (the zero-shot pick)
+takes the highest mean (``first_beta`` 0): with a budget of one it is the answer, and on the
+training members, left out one at a time, the mean's pick had the lower regret. The prior is what training the agent bought: on a
 new dataset the model starts from what the descriptor says about similar datasets, so its
 first proposal is already an informed one (zero evaluations), and each evaluation of the new
 dataset corrects it where the descriptor was wrong. Without ``--prior`` it is plain GP Bayesian
@@ -94,12 +96,14 @@ def load_prior(run: str | Path, evaluator: Any, data: Any, dataset: str, units: 
     return Prior(str(run), features, X, y, tuple(descriptors), basis.describe(net, data))
 
 
-def model_sampler(seed: int, space: dict, params_at: Callable[[int], dict], n_actions: int, decode: Callable[[dict], tuple[str, str, float | None]], features: SurrogateFeatures, prior: Prior | None = None, beta: float = 1.0):  # noqa: ANN201
+def model_sampler(seed: int, space: dict, params_at: Callable[[int], dict], n_actions: int, decode: Callable[[dict], tuple[str, str, float | None]], features: SurrogateFeatures, prior: Prior | None = None, beta: float = 1.0, first_beta: float = 0.0):  # noqa: ANN201
     """The Optuna sampler of ``--optimizer model`` (see the module docstring).
 
     ``space``: the trial's distributions (every parameter is chosen at once, from one action);
     ``params_at(k)``: the parameters of action ``k``; ``decode(params)``: ``(bits, method, lr)``
-    of a trial's parameters; ``features``: the model's inputs (with ``prior``: the prior's)."""
+    of a trial's parameters; ``features``: the model's inputs (with ``prior``: the prior's);
+    ``beta``: the upper confidence bound's weight on the standard deviation; ``first_beta``: the
+    same for the zero-shot trial (with a prior, before this study has a finished trial)."""
     from optuna.samplers import BaseSampler
     from optuna.trial import TrialState
 
@@ -107,7 +111,7 @@ def model_sampler(seed: int, space: dict, params_at: Callable[[int], dict], n_ac
 
     class RewardModelSampler(BaseSampler):
         def __init__(self) -> None:
-            self.seed, self.beta, self.prior = int(seed), float(beta), prior
+            self.seed, self.beta, self.first_beta, self.prior = int(seed), float(beta), float(first_beta), prior
             self._rows: dict[tuple, np.ndarray] = {}  # model inputs by parameters: decoded once, not every trial
             self._every: list[dict] | None = None  # every action's parameters, when the space is enumerated
 
@@ -146,7 +150,8 @@ def model_sampler(seed: int, space: dict, params_at: Callable[[int], dict], n_ac
                 X, y = np.vstack([self.prior.X, X]), np.concatenate([self.prior.y, y])
             model = RewardSurrogate(seed=self.seed).fit(X, y)
             mean, std = model.predict(np.asarray([self._row(p) for p in cands]))
-            return cands[int(np.argmax(mean + self.beta * std))]
+            beta = self.first_beta if not done else self.beta
+            return cands[int(np.argmax(mean + beta * std))]
 
         def sample_independent(self, study, trial, param_name, param_distribution):  # noqa: ANN001, ANN201
             raise MemrlError(f"the model sampler chooses every parameter at once; {param_name!r} is not in the search space it was given")
