@@ -273,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     if raw_path.is_file() and not args.fresh:
         old = {r["key"]: r for r in json.loads(raw_path.read_text()).get("runs", [])}
     runs: list[dict] = []
-    cfg_sig = _signature({"env": {k: v for k, v in env.to_dict().items() if k not in ("cache", "datasets", "device")}, "budget": args.budget, "warm_k": args.warm_k})
+    from memrl.search.config import SearchSettings
+
+    defaults = SearchSettings()  # the reward-model sampler's rules: a saved run made under other defaults is not reused
+    cfg_sig = _signature({"env": {k: v for k, v in env.to_dict().items() if k not in ("cache", "datasets", "device")}, "budget": args.budget, "warm_k": args.warm_k,
+                          "model_beta": defaults.model_beta, "model_first_beta": defaults.model_first_beta})  # fmt: skip
 
     def cached(key: str, make) -> list[dict]:  # noqa: ANN001
         rows = old[key]["rows"] if key in old else None
