@@ -86,8 +86,8 @@ class SearchSettings:
     model_beta: float = 1.0
     #: ``optimizer: model`` with a ``prior`` only: the same weight for the first trial, the model's
     #: zero-shot pick on the new dataset. 0 (default): the best posterior mean, the best guess when
-    #: the budget may be a single evaluation; chosen by leave-one-member-out on the training
-    #: members (``experiments/zero_shot_rule.py``: mean regret 0.38 against 0.60 for beta 1).
+    #: the budget may be a single evaluation (leave-one-member-out on the training members,
+    #: ``experiments/zero_shot_rule.py``, found neither rule consistently better).
     model_first_beta: float = 0.0
 
     def __post_init__(self) -> None:

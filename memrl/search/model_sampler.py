@@ -11,8 +11,8 @@ Gaussian process on dataset descriptor + effective mask bits) is fitted on
 
 and the trial is the candidate with the highest upper confidence bound ``mean + beta x std``
 among the masks this study has not asked yet; the first trial with a prior (the zero-shot pick)
-takes the highest mean (``first_beta`` 0): with a budget of one it is the answer, and on the
-training members, left out one at a time, the mean's pick had the lower regret. The prior is what training the agent bought: on a
+takes the highest mean (``first_beta`` 0): with a budget of one it is the answer, so it should
+be the model's best guess, not its most hopeful one. The prior is what training the agent bought: on a
 new dataset the model starts from what the descriptor says about similar datasets, so its
 first proposal is already an informed one (zero evaluations), and each evaluation of the new
 dataset corrects it where the descriptor was wrong. Without ``--prior`` it is plain GP Bayesian
