@@ -106,6 +106,49 @@ def test_budget_with_the_reward_model_starts_from_the_policys_training(policy, t
     assert "--warm-start-k is for tpe and random" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
+def test_budget_with_a_screen_gives_the_full_evaluation_to_the_best_screens(policy, ranked, tmp_path, capsys):
+    """--screen-steps: multi-fidelity refinement. Every trial is screened with a 1-step fine-tune
+    (the policy's budget has 2), only the promoted ones are evaluated in full, and the Stage-2 mask
+    is the best full evaluation; bad screens are refused before OUT exists."""
+    from memrl.cli import main
+
+    out = tmp_path / "out"
+    assert main(["replay", "--policy", str(policy), "--dataset", "thick", "--out", str(out), "--budget", "4", "--screen-steps", "1", "--screen-eta", "2", "--no-progress", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    fulls = rows(out / "search")
+    with open(out / "search" / "screening.csv", newline="") as f:
+        screens = list(csv.DictReader(f))
+    assert [r["proposed_mask_bits"] for r in screens] == [bits(p) for p in ranked[:4]]  # the policy's proposals, each screened
+    sc = rep["search"]["screen"]
+    assert sc["steps"] == 1 and sc["eta"] == 2 and sc["screens"] == 4 and 1 <= sc["promoted"] == len(fulls) <= 4
+    assert rep["search_evaluations"] == len(fulls)
+    # successive halving: a trial got the full evaluation exactly when its screen was within the best
+    # max(1, n // eta) of the n screens up to it
+    screen_rewards = [float(r["reward"]) for r in screens]
+    promoted = {r["step"] for r in fulls}
+    for n, r in enumerate(screens, start=1):
+        top = sorted(screen_rewards[:n], reverse=True)[: max(1, n // 2)]
+        assert (r["step"] in promoted) == (screen_rewards[n - 1] >= top[-1]), (n, screen_rewards)
+    # a full evaluation is a promoted screen's mask, and its reward is not the screen's (another budget)
+    by_step = {r["step"]: r for r in screens}
+    assert all(r["mask_bits"] == by_step[r["step"]]["mask_bits"] and r["reward"] != by_step[r["step"]]["reward"] for r in fulls)
+    assert rep["mask_bits"] == max(fulls, key=lambda r: float(r["reward"]))["mask_bits"]
+    saved = yaml.safe_load((out / "search" / "config.yaml").read_text())
+    assert saved["search"]["screen_steps"] == 1 and saved["search"]["screen_eta"] == 2
+    # a screen as long as the evaluation, a screen without a search, an eta without a screen: one line each, nothing written
+    for extra, msg in (
+        (["--budget", "4", "--screen-steps", "2"], "must be below the full evaluation's fine-tuning steps"),
+        (["--screen-steps", "1"], "give --budget K > 0"),
+        (["--budget", "4", "--screen-eta", "3"], "give --screen-steps N"),
+        (["--budget", "4", "--screen-steps", "1", "--screen-eta", "1"], "--screen-eta must be a whole number >= 2"),
+    ):
+        bad = tmp_path / "bad"
+        assert main(["replay", "--policy", str(policy), "--dataset", "thick", "--out", str(bad), *extra, "--no-progress"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], (extra, err)
+        assert not bad.exists()
+
+
 def test_budget_with_fewer_proposals_lets_the_optimizer_continue(policy, ranked, tmp_path, capsys):
     from memrl.cli import main
 

@@ -90,6 +90,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     )
     r.add_argument("--warm-start-k", default=None, metavar="N", help="with --budget: how many of the policy's proposals start the search (default min(4, K))")
     r.add_argument("--optimizer", default=None, metavar="NAME", help="with --budget: the search's optimizer, tpe (default) or random after the warm start, or model: Bayesian optimisation with the reward model fitted on the policy's own training evaluations (memrl search --optimizer model --prior POLICY_RUN; no warm start)")
+    r.add_argument(
+        "--screen-steps",
+        default=None,
+        metavar="N",
+        help="with --budget: multi-fidelity refinement (successive halving, as memrl search --screen-steps): every search trial is "
+        "first evaluated with an N-step fine-tune (below the policy's preset's steps) and only trials whose screen is in the best "
+        "1/--screen-eta so far get the full evaluation; K counts the trials, each one screen (OUT/search/screening.csv), about K/ETA of them then evaluated in full",
+    )
+    r.add_argument("--screen-eta", default=None, metavar="ETA", help="with --screen-steps: about one screened trial in ETA gets the full evaluation (default 3)")
     r.add_argument("--feature-net", default=None, metavar="FOLDER|MODULE:CALLABLE", help=FEATURE_NET_HELP + "; default: the policy's env.feature_net (the network its descriptor basis was fitted with)")
     r.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda, ...")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bars (--json hides them too)")
@@ -283,6 +292,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         budget=budget,
         warm_start_k=args.warm_start_k,
         optimizer=args.optimizer,
+        screen_steps=args.screen_steps,
+        screen_eta=args.screen_eta,
     )
     if args.json:
         print(json.dumps(rep))
@@ -297,6 +308,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             best = "no evaluation succeeded: the policy's mask is kept" if s["reward"] is None else f"best search reward {s['reward']:.3f} (trial {s['step']}{', a policy proposal' if s['warm_start'] else ''})"
             print(f"dataset {rep['dataset']}: searched mask [{units}] ({rep['method']}, lr {rep['lr']:g}), {rep['search_evaluations']} search evaluations ({s['optimizer']}, " + (f"warm-started with {s['warm_start_k']} policy proposal{'s' if s['warm_start_k'] != 1 else ''})" if s["warm_start_k"] else "the reward model from the policy's training evaluations)"))
             print(f"  zero-shot   : policy mask [{', '.join(z['mask_units']) or 'none'}] {zr}; {best}")
+            if s.get("screen"):
+                sc = s["screen"]
+                print(f"  screen      : {sc['screens']} screens of {sc['steps']} fine-tuning steps ({sc['fresh_screens']} fresh), {sc['promoted']} promoted to the full evaluation")
         label = "policy mask " if s is None else "searched    "
         print(f"  {label}: FID {m['fid']:.2f}  nn_own_rate {m['nn_own_rate']:.3f}  replication {m['replication_rate']:.3f}  trainable {100 * m['trainable_fraction']:.2f}%")
         print(f"  full FT     : FID {f['fid']:.2f}  nn_own_rate {f['nn_own_rate']:.3f}  replication {f['replication_rate']:.3f}")

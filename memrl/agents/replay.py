@@ -60,18 +60,24 @@ def checked_count(value: Any, flag: str, minimum: int, what: str = "") -> int:
     return n
 
 
-def refinement_config(policy: TrainedPolicy, dataset: str, pretrained: str, budget: int, optimizer: str, warm_start_k: int, out: Path, device: str, feature_net: str | None = None):  # noqa: ANN201
+def refinement_config(policy: TrainedPolicy, dataset: str, pretrained: str, budget: int, optimizer: str, warm_start_k: int, out: Path, device: str, feature_net: str | None = None, screen_steps: int | None = None, screen_eta: int | None = None):  # noqa: ANN201
     """The :class:`memrl.search.config.SearchConfig` of ``replay --budget``: the policy's env
     settings on ``dataset`` (the evaluation it was trained on), warm-started with the policy itself,
-    its cache the replay's (``OUT/evaluations.sqlite``), no final pictures (Stage 2 makes them)."""
+    its cache the replay's (``OUT/evaluations.sqlite``), no final pictures (Stage 2 makes them).
+    ``screen_steps`` / ``screen_eta``: the search's multi-fidelity screen (``search.screen_steps``),
+    checked here against the policy's evaluation budget."""
     from memrl.search.config import SearchConfig, SearchSettings
+    from memrl.search.run import screen_config
 
     env = policy.env.with_(datasets=[dataset], pretrained=str(pretrained), cache=str(out / "evaluations.sqlite"), device=device, feature_net=feature_net or policy.env.feature_net)
+    screen = {"screen_steps": screen_steps, **({"screen_eta": screen_eta} if screen_eta is not None else {})}
     if optimizer == "model":  # the reward model starts from the policy's training evaluations instead of a warm start
-        settings = SearchSettings(optimizer="model", budget=budget, dataset=dataset, final_pictures=False, prior=str(Path(policy.path).parent))
-        return SearchConfig(env=env, search=settings)
-    settings = SearchSettings(optimizer=optimizer, budget=budget, dataset=dataset, final_pictures=False, warm_start=str(policy.path), warm_start_k=warm_start_k)
-    return SearchConfig(env=env, search=settings)
+        settings = SearchSettings(optimizer="model", budget=budget, dataset=dataset, final_pictures=False, prior=str(Path(policy.path).parent), **screen)
+    else:
+        settings = SearchSettings(optimizer=optimizer, budget=budget, dataset=dataset, final_pictures=False, warm_start=str(policy.path), warm_start_k=warm_start_k, **screen)
+    cfg = SearchConfig(env=env, search=settings)
+    screen_config(cfg, env.eval_config())  # a screen as long as the full budget is refused before OUT exists
+    return cfg
 
 
 def save_finetuned(ft, out: Path) -> dict:  # noqa: ANN001
@@ -124,14 +130,18 @@ def replay(
     warm_start_k: int | str | None = None,
     optimizer: str | None = None,
     feature_net: str | None = None,
+    screen_steps: int | str | None = None,
+    screen_eta: int | str | None = None,
 ) -> dict:
     """Apply ``policy`` to ``dataset`` and write ``OUT`` (see the module docstring); returns the report.
 
     ``budget``: search evaluations before Stage 2 (0: none, the zero-shot mask goes to Stage 2);
     ``warm_start_k``: how many of the policy's proposals start the search (default ``min(4, budget)``);
     ``optimizer``: ``tpe`` (default) or ``random``; ``feature_net``: the feature network (default: the
-    policy's ``env.feature_net``, the one its descriptor basis was fitted with). Every input is
-    checked before ``OUT`` is created.
+    policy's ``env.feature_net``, the one its descriptor basis was fitted with); ``screen_steps`` /
+    ``screen_eta``: multi-fidelity refinement, every search trial first screened with a fine-tune
+    of that many steps and only about one in ``screen_eta`` evaluated in full (the budget counts
+    trials, each one screen). Every input is checked before ``OUT`` is created.
     """
     from memrl.data.loaders import load_dataset
     from memrl.evaluation import Evaluator
@@ -142,14 +152,18 @@ def replay(
     budget = checked_count(budget, "--budget", 0, "search evaluations before Stage 2; 0: the policy's own mask")
     if n_repeats < 1:
         raise MemrlError(f"--n-repeats must be >= 1, got {n_repeats}")
-    if budget == 0 and (warm_start_k is not None or optimizer is not None):
-        given = " and ".join(f for f, v in (("--warm-start-k", warm_start_k), ("--optimizer", optimizer)) if v is not None)
+    if budget == 0 and (warm_start_k is not None or optimizer is not None or screen_steps is not None or screen_eta is not None):
+        given = " and ".join(f for f, v in (("--warm-start-k", warm_start_k), ("--optimizer", optimizer), ("--screen-steps", screen_steps), ("--screen-eta", screen_eta)) if v is not None)
         raise MemrlError(f"{given} refine(s) the policy's mask with a search: give --budget K > 0 (search evaluations) too")
     if optimizer is not None and optimizer not in REFINE_OPTIMIZERS:
         raise MemrlError(f"--optimizer {optimizer!r} cannot refine a policy's mask; valid: {', '.join(REFINE_OPTIMIZERS)}")
     if optimizer == "model" and warm_start_k is not None:
         raise MemrlError("--warm-start-k is for tpe and random: --optimizer model starts from the reward model fitted on the policy's training evaluations, not from its proposals")
     k = checked_count(warm_start_k, "--warm-start-k", 1, "policy proposals that start the search") if warm_start_k is not None else min(DEFAULT_WARM_START_K, budget)
+    if screen_eta is not None and screen_steps is None:
+        raise MemrlError("--screen-eta sets the screen's reduction factor: give --screen-steps N (the screen's fine-tuning steps) too")
+    screen_steps = checked_count(screen_steps, "--screen-steps", 1, "fine-tuning steps of the screen") if screen_steps is not None else None
+    screen_eta = checked_count(screen_eta, "--screen-eta", 2, "one screened trial in ETA gets the full budget") if screen_eta is not None else None
     if optimizer == "model":
         k = 0
     tp = TrainedPolicy.load(policy)
@@ -168,7 +182,7 @@ def replay(
         search_dir = out / SEARCH_DIR
         if search_dir.exists() and (not search_dir.is_dir() or any(search_dir.iterdir())):
             raise MemrlError(f"{search_dir} already holds a search run (or is a file); choose another --out for replay --budget")
-        search_cfg = refinement_config(tp, dataset, str(evaluator.pretrained_dir), budget, optimizer or "tpe", k, out, device, env_cfg.feature_net)
+        search_cfg = refinement_config(tp, dataset, str(evaluator.pretrained_dir), budget, optimizer or "tpe", k, out, device, env_cfg.feature_net, screen_steps, screen_eta)
     out.mkdir(parents=True, exist_ok=True)  # only once every input is known to be good
     evaluator.cache = EvalCache(out / "evaluations.sqlite")
 
@@ -202,6 +216,7 @@ def replay(
             "warm_start_k": k,
             "evaluations": spent,
             "fresh_evaluations": summary["fresh_evaluations"],
+            "screen": summary.get("screen"),  # with --screen-steps: the short evaluations and how many were promoted
             **dict.fromkeys(("mask", "mask_bits", "mask_units", "method", "lr", "reward", "step", "warm_start")),
         }
         choice = _best_search_proposal(out / SEARCH_DIR, search_cfg, evaluator)
