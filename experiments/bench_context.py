@@ -57,6 +57,26 @@ def training_rows(run: Path) -> list[tuple[str, str, float]]:
     return rows
 
 
+def run_inputs(run: Path, tables: Path, config: str):  # noqa: ANN201
+    """``(env, lookup evaluator, feature net, descriptor basis, rows)`` of an amortised run scored
+    against the tables: the env the tables were made with, the run's own descriptor basis and its
+    successful evaluations (:func:`training_rows`). :class:`MemrlError` when any is missing."""
+    from memrl.envs.descriptor import DescriptorBasis
+    from memrl.errors import MemrlError
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    env = BS.load_env(config)
+    ev = LookupEvaluator.from_dir(tables)
+    if ev.feature_net is None:
+        ev.set_feature_net(Path(env.pretrained) / "feature_net")
+    net = ev.require_feature_net()
+    basis = DescriptorBasis.load(run / "descriptor.json")
+    rows = training_rows(run)
+    if not rows:
+        raise MemrlError(f"{run}/evaluations.csv has no successful evaluation yet")
+    return env, ev, net, basis, rows
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
@@ -75,23 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.time()
 
-    from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures
     from memrl.data.loaders import load_dataset
-    from memrl.envs.descriptor import DescriptorBasis
     from memrl.errors import MemrlError
-    from memrl.evaluation.lookup import LookupEvaluator
+    from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures
 
     run, tables = Path(args.run), Path(args.tables)
     try:
-        env = BS.load_env(args.config)
-        ev = LookupEvaluator.from_dir(tables)
-        if ev.feature_net is None:
-            ev.set_feature_net(Path(env.pretrained) / "feature_net")
-        net = ev.require_feature_net()
-        basis = DescriptorBasis.load(run / "descriptor.json")
-        rows = training_rows(run)
-        if not rows:
-            raise MemrlError(f"{run}/evaluations.csv has no successful evaluation yet")
+        env, ev, net, basis, rows = run_inputs(run, tables, args.config)
         names = BS.table_datasets(tables)
         test_names = args.datasets or [d for d in names if BT.split_of(d) == "test"]
         train_names = args.train_datasets or [d for d in names if BT.split_of(d) == "train"]

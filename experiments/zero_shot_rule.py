@@ -71,25 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
 
     from memrl.data.loaders import load_dataset
-    from memrl.envs.descriptor import DescriptorBasis
     from memrl.errors import MemrlError
-    from memrl.evaluation.lookup import LookupEvaluator
     from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures
 
     run, tables = Path(args.run), Path(args.tables)
     try:
-        env = BS.load_env(args.config)
-        ev = LookupEvaluator.from_dir(tables)
-        if ev.feature_net is None:
-            ev.set_feature_net(Path(env.pretrained) / "feature_net")
-        net = ev.require_feature_net()
-        basis = DescriptorBasis.load(run / "descriptor.json")
-        rows = BC.training_rows(run)
-        if not rows:
-            raise MemrlError(f"{run}/evaluations.csv has no successful evaluation yet")
+        env, ev, net, basis, rows = BC.run_inputs(run, tables, args.config)
         members = sorted({d for d, _, _ in rows})
-        in_tables = set(BS.table_datasets(tables))
-        truths = {d: t for d in members if d in in_tables and (t := BS.ground_truth(ev, env, d)) is not None}
+        tabled = [d for d in members if ev.holds(load_dataset(d, ev.image_size, ev.image_channels))]
+        truths = {d: t for d in tabled if (t := BS.ground_truth(ev, env, d)) is not None}
     except MemrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

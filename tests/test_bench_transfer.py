@@ -15,6 +15,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -262,3 +263,55 @@ def test_bench_context_scores_each_pick_by_the_table(setup, tmp_path, capsys):
     assert "Verdict: lowest mean regret over 1 test member(s)" in text
     assert mod.main([*base, "--datasets", "inverted"]) == 2
     assert "trained on inverted" in capsys.readouterr().err
+
+
+def test_zero_shot_rule_scores_each_left_out_pick(setup, tmp_path, capsys):
+    """experiments/zero_shot_rule.py: leave-one-member-out over a run's training members. A member
+    with a table (inverted, thick) is scored over all its masks, one without (mirrored) over the
+    masks the run evaluated on it; each reported normalised regret and rank is the table's (or
+    the run's) for the mask reported; fewer than 3 members is refused."""
+    import csv
+
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.descriptor import DescriptorBasis
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    spec = importlib.util.spec_from_file_location("zero_shot_rule", ROOT / "experiments" / "zero_shot_rule.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    env = mod.BS.load_env(setup["config"])
+    ev = LookupEvaluator.from_dir(setup["tables"])
+    ev.set_feature_net(Path(env.pretrained) / "feature_net")
+    truths = {d: mod.BS.ground_truth(ev, env, d) for d in DATASETS}
+    run = tmp_path / "run"
+    run.mkdir()
+    members = (*DATASETS, "mirrored")
+    net = ev.require_feature_net()
+    DescriptorBasis.fit(net, [load_dataset(d, ev.image_size, ev.image_channels) for d in members]).save(run / "descriptor.json")
+    own = {"mirrored": {format(k, "07b"): -float(k % 5) for k in range(0, 128, 9)}}
+    with open(run / "evaluations.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["step", "dataset", "mask_bits", "reward", "failed"])
+        w.writeheader()
+        for d in DATASETS:  # every 7th mask of each table, as a run would have evaluated them
+            for k in range(0, 128, 7):
+                b = format(k, "07b")
+                w.writerow({"step": k, "dataset": d, "mask_bits": b, "reward": truths[d]["rewards"][b], "failed": "False"})
+        for b, r in own["mirrored"].items():
+            w.writerow({"step": 0, "dataset": "mirrored", "mask_bits": b, "reward": r, "failed": "False"})
+    md = tmp_path / "rule.md"
+    base = ["--run", str(run), "--tables", str(setup["tables"]), "--config", str(setup["config"])]
+    assert mod.main([*base, "--betas", "0", "1", "--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert text.strip() in capsys.readouterr().out
+    for d in members:
+        row = next(_cells(x) for x in text.splitlines() if x.startswith(f"| {d} |"))
+        cands = truths[d]["rewards"] if d in truths else own[d]
+        assert row[1] == (f"all {len(cands)} (table)" if d in truths else f"{len(cands)} evaluated")
+        for cell in row[2:4]:  # "regret (rank) `bits`"
+            bits = cell.split("`")[1]
+            r = np.asarray(list(cands.values()))
+            assert float(cell.split(" ")[0]) == pytest.approx((r.max() - cands[bits]) / (r.max() - r.mean()), abs=5e-3)
+            assert float(cell.split("(")[1].split(")")[0]) == pytest.approx((1 + int(np.sum(r > cands[bits]))) / len(r), abs=5e-3)
+    assert "Lowest mean normalised regret over 3 left-out members" in text
+    assert mod.main(["--run", str(setup["policy"]), "--tables", str(setup["tables"]), "--config", str(setup["config"])]) == 2
+    assert "leave-one-out needs at least 3" in capsys.readouterr().err

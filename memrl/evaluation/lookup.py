@@ -398,13 +398,17 @@ class LookupEvaluator:
     def effective_mask(self, method: str, mask: Mask, strict: bool = False) -> tuple[Mask, tuple[str, ...]]:
         return Evaluator.effective_mask(self, method, mask, strict=strict)  # type: ignore[arg-type]
 
+    def holds(self, data: DatasetSplits) -> bool:
+        """Whether some table has rows for ``data``'s contents (a dataset without any is refused by :meth:`check_data`)."""
+        return data.fingerprint() in self._dataset_names
+
     def check_data(self, data: DatasetSplits) -> None:
         """Refuse a dataset of another image shape, or one whose contents no table holds."""
         want = (self.image_channels, self.image_size, self.image_size)
         if tuple(data.image_shape) != want:
             raise MemrlError(f"dataset {data.name} has images {tuple(data.image_shape)}, the lookup tables' model makes {want}")
         fp = data.fingerprint()
-        if fp not in self._dataset_names:
+        if not self.holds(data):
             raise MemrlError(f"dataset {data.name} (contents {fp}) has no row in the lookup tables ({self._where()}); they hold {self._datasets_text()}")
 
     def evaluate(
