@@ -43,8 +43,8 @@ def _load(name: str):  # noqa: ANN202
     return mod
 
 
-BS = _load("bench_search")
 BC = _load("bench_context")
+BS = BC.BS
 
 
 def rule_name(beta: float) -> str:
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         env, ev, net, basis, rows = BC.run_inputs(run, tables, args.config)
         members = sorted({d for d, _, _ in rows})
-        tabled = [d for d in members if ev.holds(load_dataset(d, ev.image_size, ev.image_channels))]
-        truths = {d: t for d in tabled if (t := BS.ground_truth(ev, env, d)) is not None}
+        data = {d: load_dataset(d, ev.image_size, ev.image_channels) for d in members}
+        truths = {d: t for d in members if ev.holds(data[d]) and (t := BS.ground_truth(ev, env, d)) is not None}
     except MemrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {run} evaluated {len(members)} member(s); leave-one-out needs at least 3", file=sys.stderr)
         return 2
 
-    desc = {d: basis.describe(net, load_dataset(d, ev.image_size, ev.image_channels)) for d in members}
+    desc = {d: basis.describe(net, data[d]) for d in members}
     feats = SurrogateFeatures(basis.dim, len(ev.units))
     names = [rule_name(b) for b in args.betas]
     regrets: dict[str, list[float]] = {n: [] for n in names}

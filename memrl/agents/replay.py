@@ -70,11 +70,13 @@ def refinement_config(policy: TrainedPolicy, dataset: str, pretrained: str, budg
     from memrl.search.run import screen_config
 
     env = policy.env.with_(datasets=[dataset], pretrained=str(pretrained), cache=str(out / "evaluations.sqlite"), device=device, feature_net=feature_net or policy.env.feature_net)
-    screen = {"screen_steps": screen_steps, **({"screen_eta": screen_eta} if screen_eta is not None else {})}
     if optimizer == "model":  # the reward model starts from the policy's training evaluations instead of a warm start
-        settings = SearchSettings(optimizer="model", budget=budget, dataset=dataset, final_pictures=False, prior=str(Path(policy.path).parent), **screen)
+        start: dict = {"prior": str(Path(policy.path).parent)}
     else:
-        settings = SearchSettings(optimizer=optimizer, budget=budget, dataset=dataset, final_pictures=False, warm_start=str(policy.path), warm_start_k=warm_start_k, **screen)
+        start = {"warm_start": str(policy.path), "warm_start_k": warm_start_k}
+    if screen_eta is not None:
+        start["screen_eta"] = screen_eta
+    settings = SearchSettings(optimizer=optimizer, budget=budget, dataset=dataset, final_pictures=False, screen_steps=screen_steps, **start)
     cfg = SearchConfig(env=env, search=settings)
     screen_config(cfg, env.eval_config())  # a screen as long as the full budget is refused before OUT exists
     return cfg

@@ -407,9 +407,8 @@ class LookupEvaluator:
         want = (self.image_channels, self.image_size, self.image_size)
         if tuple(data.image_shape) != want:
             raise MemrlError(f"dataset {data.name} has images {tuple(data.image_shape)}, the lookup tables' model makes {want}")
-        fp = data.fingerprint()
         if not self.holds(data):
-            raise MemrlError(f"dataset {data.name} (contents {fp}) has no row in the lookup tables ({self._where()}); they hold {self._datasets_text()}")
+            raise MemrlError(f"dataset {data.name} (contents {data.fingerprint()}) has no row in the lookup tables ({self._where()}); they hold {self._datasets_text()}")
 
     def evaluate(
         self,
