@@ -35,6 +35,13 @@ stdout (and ``--markdown FILE``); the plot (median normalised best-so-far agains
 evaluations, interquartile band, one line per optimizer, one panel per dataset and one pooled) to
 ``OUT_DIR/bench_search.png``; every run's proposals to ``OUT_DIR/bench_search.json``, which a
 rerun with the same tables, config and settings reuses (``--fresh`` runs everything again).
+
+**A second seed.** Where a table of the next evaluation seed (``env.seed + 1``) holds every mask of a
+dataset, each run's *pick* after 8 / 16 / 32 distinct evaluations (the best of them by the rewards
+its optimizer saw) is also scored on that seed's table, which no optimizer saw: the median regret
+there, beside the seed-0 optimum's own regret on seed 1 (what a picker that knew every seed-0
+reward would get: the noise floor) and a uniformly random mask's. A pick scored on the numbers it
+was picked by flatters itself (the best of n noisy rewards is biased upward); this table does not.
 """
 
 from __future__ import annotations
@@ -131,6 +138,7 @@ def ground_truth(ev, env, dataset: str) -> dict | None:  # noqa: ANN001
         "within": len(good),
         "rewards": dict(gt.rewards),
         "signature": gt.signature,
+        "seed": env.seed,
     }
 
 
@@ -200,6 +208,47 @@ def one_run(env, tables: Path, dataset: str, optimizer: str, seed: int, budget: 
 
 
 # ---------------------------------------------------------------------------------------- scoring
+def pick_after(rows: list[dict], k: int) -> str | None:
+    """The mask a run would pick after ``k`` distinct evaluations: the best reward among them
+    (``None`` for a run without any)."""
+    seen: dict[str, float] = {}
+    for r in rows:
+        if r["mask_bits"] not in seen:
+            if len(seen) == k:
+                break
+            seen[r["mask_bits"]] = r["reward"]
+    return max(seen, key=seen.get) if seen else None
+
+
+def held_out_regrets(runs: list[list[dict]], truth2: dict, checkpoints: list[int]) -> dict[int, list[float]]:
+    """Per checkpoint ``n``: each run's pick after ``n`` distinct evaluations, its regret on the
+    second seed's table ``truth2`` (``r_max - r`` there)."""
+    out: dict[int, list[float]] = {}
+    for n in checkpoints:
+        picks = [pick_after(rows, n) for rows in runs]
+        out[n] = [truth2["r_max"] - truth2["rewards"][b] for b in picks if b is not None]
+    return out
+
+
+def held_out_md(truth: dict, truth2: dict, runs: dict[str, list[list[dict]]], checkpoints: list[int]) -> list[str]:
+    """The second-seed table of one dataset (see the module docstring)."""
+    oracle = [truth2["r_max"] - truth2["rewards"][b] for b in truth["optimum_bits"]]
+    uniform = float(np.mean([truth2["r_max"] - r for r in truth2["rewards"].values()]))
+    at = " | ".join(f"pick after {n}" for n in checkpoints)
+    head = f"| optimizer | {at} |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for name, rs in runs.items():
+        reg = held_out_regrets(rs, truth2, checkpoints)
+        lines.append(f"| {name} | " + " | ".join(f"{np.median(reg[n]):.3f}" for n in checkpoints) + " |")
+    lines += [
+        "",
+        f"Median regret on seed {truth2['seed']} (its optimum {truth2['r_max']:.3f}, `{truth2['optimum_bits'][0]}`) of each run's pick by the seed-{truth['seed']} rewards it saw. "
+        f"The seed-{truth['seed']} optimum `{truth['optimum_bits'][0]}` scores regret {min(oracle):.3f} there (the floor for any pick made on seed-{truth['seed']} numbers); "
+        f"a uniformly random mask {uniform:.3f}.",
+    ]
+    return lines
+
+
 def trace(rows: list[dict], truth: dict, budget: int) -> dict:
     """A run's best-so-far against distinct evaluations: ``norm[n-1]`` / ``regret[n-1]`` after ``n``
     distinct masks (held at the final value past the run's last new mask), the distinct count at which
@@ -362,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skipped {msg}", file=sys.stderr)
                 continue
             truths[d] = t
+        env2 = env.with_(seed=env.seed + 1)
+        truths2 = {d: t2 for d in truths if (t2 := ground_truth(ev, env2, d)) is not None}
     except MemrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -375,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     old: dict[str, dict] = {}
     if raw_path.is_file():
         old = {r["key"]: r for r in json.loads(raw_path.read_text()).get("runs", [])}
-    runs, traces = [], {}
+    runs, traces, proposals = [], {}, {}
     t0 = time.time()
     for d, truth in truths.items():
         for opt in args.optimizers:
@@ -390,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{d} {opt} seed {s}: {len(rows)} proposals, {len({r['mask_bits'] for r in rows})} distinct masks, best {max(r['reward'] for r in rows):.3f} ({time.time() - t1:.1f} s)", file=sys.stderr, flush=True)
                 runs.append({"key": key, "dataset": d, "optimizer": opt, "seed": s, "rows": rows})
                 traces.setdefault(d, {}).setdefault(opt, []).append(trace(rows, truth, args.budget))
+                proposals.setdefault(d, {}).setdefault(opt, []).append(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     from memrl.utils.io import write_json_atomic
 
@@ -422,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
         r = ratios_md(stats, args.budget)
         lines += ["", r] if r else []
         lines.append("")
+        if d in truths2:
+            lines += [f"On a second evaluation seed (seed {truths2[d]['seed']}; picks scored on numbers their optimizer never saw):", ""]
+            lines += held_out_md(t, truths2[d], proposals[d], checkpoints)
+            lines.append("")
         for o, tr in by_opt.items():
             pooled.setdefault(o, []).extend(tr)
     if len(traces) > 1:

@@ -134,17 +134,6 @@ def run_tpe(env, tables: Path, dataset: str, seed: int, budget: int, proposals=N
         return BS._rows(folder)
 
 
-def tpe_pick(rows: list[dict], k: int) -> str | None:
-    """The mask TPE would pick after ``k`` distinct evaluations: the best reward among them."""
-    seen: dict[str, float] = {}
-    for r in rows:
-        if r["mask_bits"] not in seen:
-            if len(seen) == k:
-                break
-            seen[r["mask_bits"]] = r["reward"]
-    return max(seen, key=seen.get) if seen else None
-
-
 # ---------------------------------------------------------------------------------------- report
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
@@ -313,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             rows = cached(f"{d}|tpe|seed{s}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget))
             res["traces"]["tpe"].append(BS.trace(rows, truth, args.budget))
             for k in TPE_AT:
-                pick = tpe_pick(rows, k)
+                pick = BS.pick_after(rows, k)
                 res["tpe_at"][k].append(truth["r_max"] - truth["rewards"][pick])
                 if d in truths2:
                     res["tpe_at_seed2"][k].append(truths2[d]["r_max"] - truths2[d]["rewards"][pick])

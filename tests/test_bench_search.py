@@ -15,6 +15,7 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -51,24 +52,26 @@ def table(quick_model_dir, tmp_path_factory):
     ev = Evaluator(quick_model_dir[0], cache=root / "evals.sqlite")
     cfg = EnvConfig(**env).eval_config()
     data = load_dataset("inverted", ev.image_size, ev.image_channels)
-    ev.evaluate(data, "lora", "mid_block.attentions.0", cfg, seed=0)  # + the reference and base rows
+    for seed in (0, 1):  # seed 1: the second seed's table, which no optimizer sees
+        ev.evaluate(data, "lora", "mid_block.attentions.0", cfg, seed=seed)  # + the reference and base rows
     export_table(ev.cache, root / "real.jsonl", table_meta(ev))
     meta, rows = read_table(root / "real.jsonl")
-    keep = [r for r in rows if r["request"]["method"] == "full"]
-    template = next(r for r in rows if r["request"]["method"] == "lora")
-    lcfg = cfg.with_method("lora", None, 0)
     n = len(ev.units)
-    for k in range(2**n):
-        bits = format(k, f"0{n}b")
-        mask = Mask.from_bits(bits, ev.units)
-        req = build_request(ev.model_hash, ev.feature_net_hash, ev.units, ev.granularity, data.fingerprint(), bits, lcfg, template["request"]["runtime"])
-        res = copy.deepcopy(template["result"])
-        fid = res["fid"] * (0.5 + 2.0 * _u(bits, "fid"))
-        res.update({"mask": str(mask), "mask_bits": bits, "mask_units": list(mask.selected), "fid": fid, "nn_own_rate": _u(bits, "mem"), "trainable_fraction": 0.01 * bits.count("1")})
-        keep.append({"key": request_key(req), "request": req, "status": "ok", "result": res, "error": None, "deterministic": False})
     tables = root / "tables"
     tables.mkdir()
-    (tables / "inverted_lora_seed0.jsonl").write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in [{"meta": meta}, *keep]))
+    for seed in (0, 1):
+        keep = [r for r in rows if r["request"]["method"] == "full" and r["request"]["config"]["finetune"]["seed"] == seed]
+        template = next(r for r in rows if r["request"]["method"] == "lora" and r["request"]["config"]["finetune"]["seed"] == seed)
+        lcfg = cfg.with_method("lora", None, seed)
+        for k in range(2**n):
+            bits = format(k, f"0{n}b")
+            mask = Mask.from_bits(bits, ev.units)
+            req = build_request(ev.model_hash, ev.feature_net_hash, ev.units, ev.granularity, data.fingerprint(), bits, lcfg, template["request"]["runtime"])
+            res = copy.deepcopy(template["result"])
+            fid = res["fid"] * (0.5 + 2.0 * _u(bits, f"fid{seed}"))
+            res.update({"mask": str(mask), "mask_bits": bits, "mask_units": list(mask.selected), "fid": fid, "nn_own_rate": _u(bits, "mem"), "trainable_fraction": 0.01 * bits.count("1")})
+            keep.append({"key": request_key(req), "request": req, "status": "ok", "result": res, "error": None, "deterministic": False})
+        (tables / f"inverted_lora_seed{seed}.jsonl").write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in [{"meta": meta}, *keep]))
     return {"tables": tables, "config": config, "root": root, "n": n}
 
 
@@ -87,7 +90,8 @@ def test_bench_search_all_optimizers(table, tmp_path, capsys):
     assert text.startswith("`python experiments/bench_search.py --tables ")
     assert "distinct masks evaluated" in text and "cache hit" in text
     assert f"**digits/inverted** ({2 ** table['n']} masks; optimum " in text
-    rows = {c[0]: c for c in (_cells(x) for x in text.splitlines() if x.startswith("| ")) if c[0] in mod.OPTIMIZERS}
+    first, held_out = text.split("On a second evaluation seed (seed 1; picks scored on numbers their optimizer never saw):")
+    rows = {c[0]: c for c in (_cells(x) for x in first.splitlines() if x.startswith("| ")) if c[0] in mod.OPTIMIZERS}
     assert sorted(rows) == sorted(mod.OPTIMIZERS)  # one dataset: no pooled table
     for name, c in rows.items():
         m = re.fullmatch(r"(≥?\d+(?:\.\d)?|>4) \[(≥?\d+(?:\.\d)?|>4), (≥?\d+(?:\.\d)?|>4)\]", c[1])
@@ -98,6 +102,30 @@ def test_bench_search_all_optimizers(table, tmp_path, capsys):
         assert 0.0 <= score <= 1.0
         assert float(c[4]) >= 0.0  # regret
         assert 1 <= float(c[5]) <= 4  # distinct masks per run
+    # the second seed's table: each run's pick after 4 distinct evaluations, scored on seed 1
+    held = {c[0]: c for c in (_cells(x) for x in held_out.splitlines() if x.startswith("| ")) if c[0] in mod.OPTIMIZERS}
+    assert sorted(held) == sorted(mod.OPTIMIZERS) and _cells(held_out.splitlines()[2])[1] == "pick after 4"
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    env = mod.load_env(table["config"])
+    ev = LookupEvaluator.from_dir(table["tables"])
+    t0, t1 = mod.ground_truth(ev, env, "inverted"), mod.ground_truth(ev, env.with_(seed=1), "inverted")
+    assert t0["rewards"] != t1["rewards"]  # two seeds, two tables
+    by_opt: dict[str, list] = {}
+    for r in json.loads((out / "bench_search.json").read_text())["runs"]:
+        by_opt.setdefault(r["optimizer"], []).append(r["rows"])
+    for name, runs in by_opt.items():
+        picks = []
+        for rows_ in runs:  # the best of the first 4 distinct masks by the seed-0 rewards the run saw
+            seen = {}
+            for r in rows_:
+                seen.setdefault(r["mask_bits"], r["reward"])
+            picks.append(max(list(seen.items())[:4], key=lambda kv: kv[1])[0])
+        want = float(np.median([t1["r_max"] - t1["rewards"][b] for b in picks]))
+        assert float(held[name][1]) == pytest.approx(want, abs=1e-3), name
+    floor = re.search(r"The seed-0 optimum `([01]+)` scores regret ([0-9.]+) there", held_out)
+    assert floor and floor.group(1) == t0["optimum_bits"][0]
+    assert float(floor.group(2)) == pytest.approx(t1["r_max"] - t1["rewards"][floor.group(1)], abs=1e-3)
     png = out / "bench_search.png"
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     raw = json.loads((out / "bench_search.json").read_text())
