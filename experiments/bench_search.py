@@ -39,8 +39,8 @@ rerun with the same tables, config and settings reuses (``--fresh`` runs everyth
 **A second seed.** Where a table of the next evaluation seed (``env.seed + 1``) holds every mask of a
 dataset, each run's *pick* after 8 / 16 / 32 distinct evaluations (the best of them by the rewards
 its optimizer saw) is also scored on that seed's table, which no optimizer saw: the median regret
-there, beside the seed-0 optimum's own regret on seed 1 (what a picker that knew every seed-0
-reward would get: the noise floor) and a uniformly random mask's. A pick scored on the numbers it
+there, beside the seed-0 optimum's own regret on seed 1 (what a search that found the seed-0
+optimum ends with; a pick can beat it there by luck) and a uniformly random mask's. A pick scored on the numbers it
 was picked by flatters itself (the best of n noisy rewards is biased upward); this table does not.
 """
 
@@ -243,7 +243,7 @@ def held_out_md(truth: dict, truth2: dict, runs: dict[str, list[list[dict]]], ch
     lines += [
         "",
         f"Median regret on seed {truth2['seed']} (its optimum {truth2['r_max']:.3f}, `{truth2['optimum_bits'][0]}`) of each run's pick by the seed-{truth['seed']} rewards it saw. "
-        f"The seed-{truth['seed']} optimum `{truth['optimum_bits'][0]}` scores regret {min(oracle):.3f} there (the floor for any pick made on seed-{truth['seed']} numbers); "
+        f"The seed-{truth['seed']} optimum `{truth['optimum_bits'][0]}` scores regret {min(oracle):.3f} there (where a search that finds it ends up); "
         f"a uniformly random mask {uniform:.3f}.",
     ]
     return lines
