@@ -55,6 +55,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import math
 import shlex
 import sys
 import tempfile
@@ -446,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         pays = mean_cost / saved
         lines.append(
             f"- cost: training spent {cost_txt} real evaluations; the warm start saves {at_least}{saved:.1f} per new dataset (median evaluations to within 2%), "
-            f"so training pays for itself after {'at most ' if q_tpe[1] else ''}{pays:.0f} new datasets"
+            f"so training has paid for itself after {'at most ' if q_tpe[1] else ''}{math.ceil(pays)} new datasets ({pays:.1f} datasets' savings)"
         )
     else:
         lines.append(f"- cost: training spent {cost_txt} real evaluations; the warm start saves none per new dataset here, so training does not pay for itself on this measure")
