@@ -224,7 +224,6 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         test_names = args.datasets or [d for d in names if split_of(d) == "test"]
         train_names = args.train_datasets or [d for d in names if split_of(d) == "train"]
         truths, truths2, train_truths = {}, {}, {}
-        env2 = env.with_(seed=env.seed + 1)
         for d in test_names:
             t = BS.ground_truth(ev, env, d)
             if t is None:
@@ -232,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                     raise MemrlError(f"{d}: the tables under {tables} do not hold every mask for {args.config}'s env (seed {env.seed})")
                 continue
             truths[d] = t
-            t2 = BS.ground_truth(ev, env2, d)
+            t2 = BS.next_seed_truth(ev, env, d)
             if t2 is not None:
                 truths2[d] = t2
         for d in train_names:
