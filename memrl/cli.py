@@ -7,6 +7,7 @@
     memrl train      train the PPO mask-selection agent
     memrl search     the baselines: Optuna samplers or every mask, on the same evaluation
     memrl replay     apply a trained policy to a new dataset
+    memrl cache      import lookup tables into an evaluation cache (reuse committed fine-tunes)
 
 Errors in user input are printed as one line (``memrl: error: ...``) with exit status 2; an
 evaluation that fails (e.g. a diverged fine-tune) as ``memrl: evaluation failed: ...`` with
@@ -192,6 +193,7 @@ def _extra_commands() -> list:
     adders = []
     for mod, name in (
         ("memrl.evaluation.cli", "add_evaluate"),
+        ("memrl.evaluation.cli", "add_cache"),  # memrl cache import
         ("memrl.agents.cli", "add_commands"),
         ("memrl.search.cli", "add_commands"),  # memrl search
         ("memrl.reporting.cli", "add_commands"),  # memrl report

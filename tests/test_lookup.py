@@ -15,7 +15,7 @@ from memrl.envs.config import EnvConfig
 from memrl.errors import EvaluationFailed, MemrlError
 from memrl.evaluation import EvalCache, Evaluator, request_key
 from memrl.evaluation.evaluator import build_request
-from memrl.evaluation.lookup import LookupEvaluator, export_table, read_table, table_meta
+from memrl.evaluation.lookup import LookupEvaluator, export_table, import_tables, read_table, table_meta
 from memrl.peft_masking import Mask
 
 #: The quick preset cut further (as in test_agents): an evaluation takes about a second.
@@ -206,6 +206,51 @@ def test_export_is_atomic_and_deterministic(made, tmp_path, monkeypatch):
     with pytest.raises(MemrlError, match="none for this table's model"):
         export_table(ev.cache, tmp_path / "c.jsonl", {**table_meta(ev), "model": "0" * 16})
     assert not (tmp_path / "c.jsonl").exists()
+
+
+def test_import_tables_makes_the_real_evaluator_hit(made, tmp_path, monkeypatch, capsys):
+    """A table imported into a fresh cache answers the real evaluator's requests: nothing is fine-tuned."""
+    from memrl.cli import main
+
+    ev, data, cfg = made["ev"], made["data"], made["cfg"]
+    cache = tmp_path / "fresh" / "evals.sqlite"
+    counts = import_tables(made["tables"], cache)
+    assert counts == {"tables": 1, "imported": made["rows"], "present": 0, "failures": 0}
+    fresh = Evaluator(ev.pretrained_dir, cache=cache)
+
+    def no_finetune(*_a, **_k):
+        raise AssertionError("an imported request was fine-tuned again")
+
+    monkeypatch.setattr(fresh, "run", no_finetune)
+    for m in MASKS:
+        got = fresh.evaluate(data, "lora", m, cfg, seed=0)
+        assert got["cached"] is True and strip(got) == strip(made["real"][m])
+    monkeypatch.undo()
+    # a request no table holds is still computed: the import only adds hits
+    assert EvalCache(cache).get(request_key(ev.request(data, Mask.parse("all", ev.units), cfg.with_method("lora", None, 1)))) is None
+    # importing again changes nothing; the CLI says so
+    assert main(["cache", "import", str(made["tables"]), "--into", str(cache), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["imported"], out["present"]) == (0, made["rows"])
+
+
+def test_import_tables_refuses_an_edited_row_and_writes_nothing(made, tmp_path, capsys):
+    from memrl.cli import main
+
+    meta, rows = read_table(made["tables"] / "inverted.jsonl")
+    rows[-1]["result"] = {**(rows[-1]["result"] or {}), "fid": 1.0}
+    rows[-1]["request"] = {**rows[-1]["request"], "lr": 123.0}  # the key no longer matches the request
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"meta": meta}) + "\n" + "".join(json.dumps(r) + "\n" for r in rows))
+    cache = tmp_path / "c" / "evals.sqlite"
+    with pytest.raises(MemrlError, match=r"bad.jsonl:%d: 'key'.*nothing was imported" % (len(rows) + 1)):
+        import_tables([made["tables"], bad], cache)
+    assert not cache.exists()
+    assert main(["cache", "import", str(bad), "--into", str(cache)]) == 2
+    assert "is not the hash of the row's request" in capsys.readouterr().err
+    assert not cache.parent.exists()
+    assert main(["cache", "import", str(made["tables"]), "--into", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- memrl train --lookup

@@ -139,6 +139,49 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_cache(sub: argparse._SubParsersAction) -> None:
+    """``memrl cache import``: seed an evaluation cache from committed lookup tables."""
+    p = sub.add_parser(
+        "cache",
+        help="manage evaluation caches: import lookup tables so that real runs reuse their fine-tunes",
+        description="Evaluation caches (SQLite files or postgresql:// URLs) hold every finished evaluation; lookup tables "
+        "(*.jsonl, e.g. experiments/results/exhaustive) are their portable, committed copies.",
+    )
+    verbs = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    imp = verbs.add_parser(
+        "import",
+        help="copy lookup tables' rows into an evaluation cache",
+        description="Copy the rows of lookup tables into an evaluation cache, so that memrl train / search / evaluate "
+        "with that cache (env.cache, --cache) answer those requests without fine-tuning again. A row only answers the "
+        "exact request that produced it (same model, data, config, seed, CPU thread count, library versions). Every "
+        "table is checked before anything is written; importing twice changes nothing.",
+    )
+    imp.add_argument("tables", nargs="+", metavar="TABLE", help="lookup table files (*.jsonl) or folders of them")
+    imp.add_argument("--into", required=True, metavar="CACHE", help="the evaluation cache to fill: an SQLite file (created if missing), sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+    imp.add_argument("--json", action="store_true", help="print the counts as one JSON object instead of a sentence")
+    imp.set_defaults(func=_cmd_cache_import)
+
+
+def _cmd_cache_import(args: argparse.Namespace) -> int:
+    from memrl.errors import MemrlError
+    from memrl.evaluation.cache import open_backend
+    from memrl.evaluation.lookup import import_tables
+
+    backend = open_backend(args.into)  # the form of --into, before any table is read
+    file = getattr(backend, "path", None)
+    if file is not None and file.exists() and not file.is_file():
+        raise MemrlError(f"--into {file} is a folder; give an SQLite file (e.g. {file}/evaluations.sqlite)")
+    counts = import_tables(args.tables, args.into)
+    if args.json:
+        print(json.dumps({**counts, "cache": str(args.into)}))
+    else:
+        print(
+            f"imported {counts['imported']} result(s) and {counts['failures']} deterministic failure(s) from {counts['tables']} "
+            f"table(s) into {args.into}; {counts['present']} were already there"
+        )
+    return 0
+
+
 def dataset_options(args: argparse.Namespace) -> dict:
     """The ``load_dataset`` keyword options of ``--caption-column``, ``--image-column``,
     ``--split-column`` and ``--mem-sheet`` (absent flags: the defaults)."""

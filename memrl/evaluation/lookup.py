@@ -195,6 +195,53 @@ def read_table(path: str | Path) -> tuple[dict, list[dict]]:
     return meta, rows
 
 
+def import_tables(tables: str | Path | Sequence[str | Path], cache: EvalCache | str | Path) -> dict[str, int]:
+    """Copy the rows of lookup tables into the evaluation cache ``cache`` (the inverse of
+    :func:`export_table`); returns the counts ``tables``, ``imported``, ``present``, ``failures``.
+
+    Why: a table is the committed, portable record of evaluations; its cache is a run folder's
+    file that a fresh machine does not have. Importing the tables into a run's cache lets real
+    runs (``memrl train``, ``memrl search``) reuse those fine-tunes as cache hits instead of
+    computing them again. Each row's key is the hash of its request, so a row only ever answers
+    the very request that produced it (same model, data, config, seed, thread count, versions).
+
+    Every table is read and checked first (format, evaluation version, each row's key against its
+    request): a bad file is refused before anything is written. Results (``ok``) are stored where
+    the cache has none for the key yet (``present`` counts those it had), deterministic failures
+    where it has neither (``failures``); failures that a retry could turn into a result are left
+    out. Importing again changes nothing.
+    """
+    paths = _table_paths(tables)
+    checked: list[dict] = []
+    for path in paths:
+        _, rows = read_table(path)
+        for i, row in enumerate(rows, start=2):
+            key = row.get("key")
+            if key != request_key(row["request"]):
+                raise MemrlError(
+                    f"{path}:{i}: 'key' {key!r} is not the hash of the row's request (memrl.evaluation.cache.request_key): "
+                    "the row was edited or written by something else; nothing was imported"
+                )
+            checked.append(row)
+    if not isinstance(cache, EvalCache):
+        cache = EvalCache(cache)
+    counts = {"tables": len(paths), "imported": 0, "present": 0, "failures": 0}
+    for row in checked:
+        key = row["key"]
+        if row["status"] == "ok":
+            if cache.get(key) is not None:
+                counts["present"] += 1
+                continue
+            result = row["result"]
+            seconds = result.get("seconds")
+            cache.put(key, row["request"], result, float(seconds) if isinstance(seconds, (int, float)) else 0.0)
+            counts["imported"] += 1
+        elif row.get("deterministic") and cache.status(key) is None:
+            cache.put_failed(key, row["request"], str(row.get("error") or "failed"), deterministic=True)
+            counts["failures"] += 1
+    return counts
+
+
 def _table_paths(tables: str | Path | Sequence[str | Path]) -> list[Path]:
     items = [tables] if isinstance(tables, (str, Path)) else list(tables)
     out: list[Path] = []
