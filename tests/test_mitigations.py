@@ -1,7 +1,7 @@
 """Fine-tuning mitigations (memrl/training/mitigations.py): random word addition and Wen et al.'s filter.
 
 Also the cache-key rule that came with them: a config that leaves them at their defaults has
-exactly the request and key stored evaluations have (experiments/results/exhaustive/).
+exactly the request and key stored evaluations have (the legacy tables, experiments/results/legacy/).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from memrl.training.losses import epsilon_loss
 from memrl.training.mitigations import RandomWordAdder, add_random_words, caption_vocabulary, filtered_epsilon_loss
 from memrl.utils.config import apply_overrides
 
-TABLE = Path(__file__).resolve().parents[1] / "experiments/results/exhaustive/family-80_lora_seed0.jsonl"
+TABLE = Path(__file__).resolve().parents[1] / "experiments/results/legacy/exhaustive-cb36195c/family-80_lora_seed0.jsonl"
 CAPTIONS = ["digit 3, thin strokes, left slant", "digit 7", "a wide zero with a thick ring"]
 
 

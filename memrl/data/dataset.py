@@ -101,12 +101,19 @@ class DatasetSplits:
     ``memorization``: the training indices the memorization probe uses, in order, when the user
     named them in a memorization sheet (``None``: the probe picks its own, see
     :func:`memrl.training.finetune.memorization_indices`).
+
+    ``definition``: for data that memrl generates (the family), what defines it: generator,
+    version, member and shape. When set it is what :meth:`fingerprint` hashes instead of the
+    pixels, because generated float pixels differ in their last bits between CPUs (vectorised
+    ``exp``, ``grid_sample`` and convolutions round differently on AVX2 and AVX-512 machines),
+    and a cache key or lookup table must not depend on the machine that built the data.
     """
 
     name: str
     train: CaptionedImages
     heldout: CaptionedImages
     memorization: tuple[int, ...] | None = None
+    definition: str | None = None
 
     def __post_init__(self) -> None:
         if self.memorization is not None:
@@ -116,12 +123,16 @@ class DatasetSplits:
                 raise ValueError(f"{self.name}: memorization indices must be distinct training indices (0..{len(self.train) - 1}), got {list(self.memorization)}")
 
     def fingerprint(self) -> str:
-        """Content key: train + held-out images and captions, and the memorization set when given.
+        """Content key: train + held-out images and captions (or the ``definition`` of generated
+        data), and the memorization set when given.
 
         Without a memorization sheet this is the key every cached evaluation was stored under;
         with one it differs, since the probe (and so every memorization metric) differs.
         """
-        key = hashlib.sha256((self.train.fingerprint() + self.heldout.fingerprint()).encode()).hexdigest()[:16]
+        if self.definition is not None:
+            key = hashlib.sha256(f"generated|{self.definition}".encode()).hexdigest()[:16]
+        else:
+            key = hashlib.sha256((self.train.fingerprint() + self.heldout.fingerprint()).encode()).hexdigest()[:16]
         if self.memorization is None:
             return key
         mem = ",".join(str(i) for i in self.memorization)

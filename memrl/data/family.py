@@ -38,7 +38,10 @@ Where the images come from:
   member's caption style.
 
 Members are split by id into ``RANGES`` (train / validation / test); other ids are refused.
-Generation takes a few tens of milliseconds per member and is cached per id.
+Generation takes a few tens of milliseconds per member and is cached per id. A member's
+fingerprint (the key of its cached evaluations and lookup-table rows) is derived from
+:func:`definition` (seed, :data:`GENERATOR_VERSION`, id), not from its float pixels, which
+differ in the last bits between CPUs; the same id is the same key on every machine.
 """
 
 from __future__ import annotations
@@ -56,6 +59,9 @@ from memrl.data.dataset import CaptionedImages, DatasetSplits
 from memrl.errors import MemrlError
 
 FAMILY_SEED = 20250611
+#: Bumped whenever a change to this module changes any member's images or captions: the members'
+#: fingerprints (cache keys, lookup tables) are derived from it and the id, not from the pixels.
+GENERATOR_VERSION = 1
 #: Half-open id ranges of the family's splits.
 RANGES: dict[str, tuple[int, int]] = {"train": (0, 64), "validation": (64, 80), "test": (80, 112)}
 N_HELDOUT = 192
@@ -337,7 +343,17 @@ def member(i: int) -> DatasetSplits:
         d.name,
         CaptionedImages(d.train.images.clone(), list(d.train.captions), d.train.name),
         CaptionedImages(d.heldout.images.clone(), list(d.heldout.captions), d.heldout.name),
+        definition=definition(i),
     )
+
+
+def definition(i: int) -> str:
+    """What defines member ``i`` (its fingerprint's source, see ``DatasetSplits.definition``).
+
+    The same on every machine: a member's float pixels differ in their last bits between CPUs
+    (the style's ``exp``, ``grid_sample`` and convolutions are vectorised differently), its
+    parameters and digits do not."""
+    return f"memrl.data.family|seed {FAMILY_SEED}|v{GENERATOR_VERSION}|id {_check_id(i)}"
 
 
 def describe(i: int) -> dict:

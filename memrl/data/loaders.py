@@ -159,7 +159,8 @@ def _resize(ds: DatasetSplits, size: int, channels: int) -> DatasetSplits:
             x = x.mean(1, keepdim=True).expand(-1, channels, -1, -1).contiguous()
         return CaptionedImages(x, c.captions, c.name)
 
-    return DatasetSplits(ds.name, fix(ds.train), fix(ds.heldout))
+    definition = None if ds.definition is None else f"{ds.definition}|{size}px|{channels}ch"
+    return DatasetSplits(ds.name, fix(ds.train), fix(ds.heldout), definition=definition)
 
 
 def _split(

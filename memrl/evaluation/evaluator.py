@@ -76,15 +76,23 @@ def preserved_rng():  # noqa: ANN201
             random.setstate(py_state)
 
 
+#: Files of a model folder that describe the run that made it, not the model.
+_NOT_HASHED = frozenset({"pretrain_metrics.json"})
+
+
 def _file_hash(folder: Path, skip: str | None = None) -> str:
     """Content hash of a model folder's weights and configs (``.safetensors``, ``.json``, ``.bin``).
 
     ``skip`` names a top-level subfolder to leave out (the feature network, hashed on its own).
+    ``pretrain_metrics.json`` is left out too: it records how long pretraining took, so two
+    bit-identical pretrainings would otherwise get two keys.
     """
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
         if skip is not None and rel.parts and rel.parts[0] == skip:
+            continue
+        if rel.as_posix() in _NOT_HASHED:
             continue
         if p.is_file() and p.suffix in (".safetensors", ".json", ".bin", ".pt", ".txt"):
             h.update(rel.as_posix().encode() + b"\0")

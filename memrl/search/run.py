@@ -45,6 +45,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -178,12 +179,27 @@ def open_study(cfg: SearchConfig, run: Path, optimizer: Optimizer, sampler, resu
     return study
 
 
+_LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
+
+
+class _LockSafePickler(pickle.Pickler):
+    """Pickles a sampler that holds a thread lock (Optuna 5.1's NSGA-II sampler does).
+
+    A lock carries no state worth saving: it is written as "a new, unlocked lock of this kind",
+    so the sampler's random state and population round-trip and the loaded sampler is usable."""
+
+    def reducer_override(self, obj):  # noqa: ANN001, ANN201
+        if isinstance(obj, _LOCK_TYPES):
+            return (threading.RLock if isinstance(obj, _LOCK_TYPES[1]) else threading.Lock), ()
+        return NotImplemented
+
+
 def _save_state(run: Path, sampler, history: dict, optimizer: Optimizer) -> None:  # noqa: ANN001
     """The sampler (its random state) and the figures' history, atomically (after every ask)."""
     state = {"sampler": sampler if optimizer.stateful else None, "history": history}
     tmp = run / (STATE_FILE + ".tmp")
     with open(tmp, "wb") as f:
-        pickle.dump(state, f)
+        _LockSafePickler(f).dump(state)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, run / STATE_FILE)
