@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
 def snapshot(runs: Path, results: Path) -> int:
     """Each unfinished run's finished evaluations as ``RESULTS/partial/NAME.jsonl`` (atomic)."""
     from memrl.evaluation.evaluator import Evaluator
-    from memrl.evaluation.lookup import export_table, table_meta
     from memrl.search.config import SearchConfig
+    from memrl.search.run import export_lookup_table
 
     for cfg_path in sorted(runs.glob("*/config.yaml")):
         run = cfg_path.parent
@@ -127,7 +127,7 @@ def snapshot(runs: Path, results: Path) -> int:
         ev = Evaluator(env.pretrained, device="cpu", cache=cache, feature_net=env.feature_net, granularity=env.granularity, resolution=env.resolution)
         out = results / "partial" / f"{run.name}.jsonl"
         out.parent.mkdir(parents=True, exist_ok=True)
-        n = export_table(ev.cache, out, table_meta(ev, [*(env.methods or [env.method]), "full"]))
+        n = export_lookup_table(ev, out, env.methods or [env.method])
         print(f"{run.name}: {n} finished evaluation(s) -> {out}", flush=True)
     return 0
 

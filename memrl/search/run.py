@@ -539,12 +539,12 @@ def _step(row: dict) -> int:
         return 0
 
 
-def export_lookup_table(ev, out: Path, methods: list[str]) -> None:  # noqa: ANN001
+def export_lookup_table(ev, out: Path, methods: list[str]) -> int:  # noqa: ANN001
     """The run's cache as a lookup table (``memrl search --lookup RUN`` answers from it): meta
-    for the methods searched and ``full`` (the reference)."""
+    for the methods searched and ``full`` (the reference). Returns the number of rows."""
     from memrl.evaluation.lookup import export_table, table_meta
 
-    export_table(ev.cache, out, table_meta(ev, [*methods, "full"]))
+    return export_table(ev.cache, out, table_meta(ev, [*methods, "full"]))
 
 
 def format_summary(s: dict) -> str:
