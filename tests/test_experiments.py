@@ -83,3 +83,48 @@ def test_preset_correlation_compares_two_presets_on_the_same_masks(quick_model_d
     # the same preset twice is the same evaluation (cache hits): the ranking agrees perfectly
     assert "| reward | 1.000 | 1.000 |" in text
     assert text.count("| `") == 3  # all + 2 drawn masks
+
+
+def test_exhaustive_tables_carry_a_partial_table_across_sessions(quick_model_dir, tmp_path, capsys):
+    """``exhaustive_tables.py --snapshot`` keeps an unfinished table's evaluations; a later run on a
+    machine without ``runs/`` starts from them (cache hits, not fine-tunes) and finishes the table."""
+    import csv
+
+    import yaml
+
+    from memrl.cli import main as memrl
+
+    tables = _load("exhaustive_tables")
+    tiny = {"finetune": {"steps": 2, "batch_size": 8, "n_mem": 2, "n_repeats": 2, "data_size_ratio": 0.1}, "gens_per_prompt": 2, "n_fid_samples": 8, "inference_steps": 2, "noise_norm_timesteps": [500], "noise_norm_draws": 1}
+
+    def config(budget: int) -> Path:
+        cfg = {"env": {"pretrained": str(quick_model_dir[0]), "datasets": ["inverted"], "method": "lora", "granularity": "block", "preset": "quick", "eval_overrides": tiny},
+               "search": {"optimizer": "exhaustive", "budget": budget, "final_pictures": False}}  # fmt: skip
+        path = tmp_path / f"exhaustive-{budget}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        return path
+
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    name = tables.table_name("inverted", "lora", 0)
+    # session 1: the table is interrupted after 2 masks (a run of budget 2 stands in for it)
+    assert memrl(["search", "--config", str(config(2)), "--dataset", "inverted", "--set", "env.seed=0", "--out", str(runs / name), "--no-progress"]) == 0
+    assert tables.main(["--snapshot", "--runs", str(runs), "--results", str(results)]) == 0
+    part = results / "partial" / f"{name}.jsonl"
+    assert part.is_file() and not (results / f"{name}.csv").exists()
+    first = list(csv.DictReader(open(runs / name / "evaluations.csv")))
+    assert len(first) == 2
+    # session 2: runs/ is gone; the run is seeded from the snapshot and finishes (budget 3)
+    import shutil
+
+    shutil.rmtree(runs)
+    capsys.readouterr()
+    assert tables.main(["--datasets", "inverted", "--config", str(config(3)), "--runs", str(runs), "--results", str(results)]) == 0
+    assert "imported" in capsys.readouterr().out
+    done = list(csv.DictReader(open(results / f"{name}.csv")))
+    assert [r["mask_bits"] for r in done[:2]] == [r["mask_bits"] for r in first]
+    assert [r["cached"] for r in done] == ["True", "True", "False"]  # the snapshot's masks were not fine-tuned again
+    assert [float(r["reward"]) for r in done[:2]] == [float(r["reward"]) for r in first]
+    assert (results / f"{name}.jsonl").is_file() and not part.exists()  # the finished table replaces its snapshot
+    # a third session skips the finished table
+    assert tables.main(["--datasets", "inverted", "--config", str(config(3)), "--runs", str(runs), "--results", str(results)]) == 0
+    assert "already in" in capsys.readouterr().out
