@@ -1,7 +1,7 @@
 """Which rule should the reward model's zero-shot pick follow? Leave-one-member-out on training members.
 
     python experiments/zero_shot_rule.py --run experiments/results/priors/amortised-s0-177 \\
-        [--tables experiments/results/exhaustive] [--betas 0 0.5 1 2] [--markdown FILE]
+        [--tables experiments/results/exhaustive] [--betas 0 0.5 1 2] [--targets raw per_dataset] [--markdown FILE]
 
 With a prior (``memrl search --optimizer model --prior RUN``, ``memrl replay --budget K
 --optimizer model``) the reward model's first trial on a new dataset is its zero-shot pick. Two
@@ -11,6 +11,8 @@ beta x std** (what it evaluates when more follow). The test tables must not sett
 is settled here on the *training* members alone, by leave-one-member-out: for each training
 member ``m`` of the run, the model (descriptor + mask, the run's descriptor basis) is fitted on
 the run's real evaluations of every *other* member and picks a mask for ``m`` by each rule.
+``--targets`` also compares what the model is fitted on (``search.model_target``): the raw
+rewards, or each member's rewards standardised by its own mean and spread (``per_dataset``).
 
 The pick is scored on ``m``'s candidates:
 
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tables", default="experiments/results/exhaustive", help="folder of lookup tables (*.jsonl): a training member with a complete table is scored on all masks")
     ap.add_argument("--config", default="experiments/exhaustive.yaml", help="the env the tables and the run were made with")
     ap.add_argument("--betas", nargs="+", type=float, default=[0.0, 0.5, 1.0, 2.0], help="rules to compare: 0 is the posterior mean, beta > 0 is mean + beta x std")
+    ap.add_argument("--targets", nargs="+", default=["raw"], help="what the model is fitted on: raw rewards and/or per_dataset (each member's rewards standardised)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the reward model's optimiser restarts")
     ap.add_argument("--markdown", default=None, help="also write the markdown to this file")
     args = ap.parse_args(argv)
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from memrl.data.loaders import load_dataset
     from memrl.errors import MemrlError
-    from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures
+    from memrl.evaluation.surrogate import TARGETS, RewardSurrogate, SurrogateFeatures, standardise_by_group
 
     run, tables = Path(args.run), Path(args.tables)
     try:
@@ -87,9 +90,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {run} evaluated {len(members)} member(s); leave-one-out needs at least 3", file=sys.stderr)
         return 2
 
+    bad = [t for t in args.targets if t not in TARGETS]
+    if bad:
+        print(f"error: --targets {bad[0]!r} is not one of {', '.join(TARGETS)}", file=sys.stderr)
+        return 2
     desc = {d: basis.describe(net, data[d]) for d in members}
     feats = SurrogateFeatures(basis.dim, len(ev.units))
-    names = [rule_name(b) for b in args.betas]
+    rules = [(t, b) for t in args.targets for b in args.betas]
+    names = [rule_name(b) if len(args.targets) == 1 else f"{t}/{rule_name(b)}" for t, b in rules]
     regrets: dict[str, list[float]] = {n: [] for n in names}
     ranks: dict[str, list[float]] = {n: [] for n in names}
     lines = [
@@ -103,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     for m in members:
         X = feats.matrix([(desc[d], b, env.method) for d, b, _ in rows if d != m])
         y = np.asarray([r for d, _, r in rows if d != m])
-        model = RewardSurrogate(seed=args.seed).fit(X, y)
+        groups = [d for d, _, _ in rows if d != m]
+        models = {t: RewardSurrogate(seed=args.seed).fit(X, standardise_by_group(y, groups) if t == "per_dataset" else y) for t in args.targets}
         if m in truths:
             cands, kind = dict(truths[m]["rewards"]), f"all {len(truths[m]['rewards'])} (table)"
         else:
@@ -116,9 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         if len(cands) < 2:
             continue
         masks = sorted(cands)
-        mean, std = model.predict(feats.matrix([(desc[m], b, env.method) for b in masks]))
+        preds = {t: model.predict(feats.matrix([(desc[m], b, env.method) for b in masks])) for t, model in models.items()}
         cells = []
-        for beta, n in zip(args.betas, names):
+        for (target, beta), n in zip(rules, names):
+            mean, std = preds[target]
             pick = masks[int(np.argmax(mean + beta * std))]
             reg, rank = score(cands, pick)
             regrets[n].append(reg)

@@ -313,5 +313,17 @@ def test_zero_shot_rule_scores_each_left_out_pick(setup, tmp_path, capsys):
             assert float(cell.split(" ")[0]) == pytest.approx((r.max() - cands[bits]) / (r.max() - r.mean()), abs=5e-3)
             assert float(cell.split("(")[1].split(")")[0]) == pytest.approx((1 + int(np.sum(r > cands[bits]))) / len(r), abs=5e-3)
     assert "Lowest mean normalised regret over 3 left-out members" in text
+    # --targets: the model fitted on raw and on per-member standardised rewards, side by side
+    assert mod.main([*base, "--betas", "0", "--targets", "raw", "per_dataset", "--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert "| member | candidates | raw/mean: regret (rank) | per_dataset/mean: regret (rank) |" in text
+    for d in members:
+        row = next(_cells(x) for x in text.splitlines() if x.startswith(f"| {d} |"))
+        cands = truths[d]["rewards"] if d in truths else own[d]
+        for cell in row[2:4]:
+            r = np.asarray(list(cands.values()))
+            assert float(cell.split(" ")[0]) == pytest.approx((r.max() - cands[cell.split("`")[1]]) / (r.max() - r.mean()), abs=5e-3)
+    assert mod.main([*base, "--targets", "ranks"]) == 2
+    assert "--targets 'ranks' is not one of raw, per_dataset" in capsys.readouterr().err
     assert mod.main(["--run", str(setup["policy"]), "--tables", str(setup["tables"]), "--config", str(setup["config"])]) == 2
     assert "leave-one-out needs at least 3" in capsys.readouterr().err

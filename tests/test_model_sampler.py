@@ -136,3 +136,41 @@ def test_bad_priors_are_refused_in_one_line(full_table, quick_model_dir, prior_r
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "masks have 4 bits, this search has 7 units" in err[0], err
     assert not (tmp_path / "z").exists()
+
+
+def test_per_dataset_target_fits_each_dataset_standardised(full_table, quick_model_dir, prior_run, tmp_path, monkeypatch):  # noqa: F811
+    """``model_target: per_dataset`` fits the prior's rewards standardised per member and this
+    study's trials standardised among themselves; ``raw`` fits them as they are."""
+    import numpy as np
+
+    import memrl.search.model_sampler as ms
+
+    seen: list[np.ndarray] = []
+
+    class Model:
+        def __init__(self, seed: int) -> None:
+            pass
+
+        def fit(self, X, y):  # noqa: ANN001, ANN201
+            seen.append(np.asarray(y, dtype=float).copy())
+            return self
+
+        def predict(self, X):  # noqa: ANN001, ANN201
+            return np.zeros(len(X)), np.ones(len(X))
+
+    monkeypatch.setattr(ms, "RewardSurrogate", Model)
+    with open(prior_run / "evaluations.csv", newline="") as f:
+        prior_y = np.asarray([float(r["reward"]) for r in csv.DictReader(f) if r["failed"] == "False"])
+    model = quick_model_dir[0]
+    run(config(model, seed=0, prior=str(prior_run), budget=3), tmp_path / "raw", full_table)
+    assert [len(y) for y in seen] == [len(prior_y), len(prior_y) + 1, len(prior_y) + 2]
+    assert np.allclose(seen[0], prior_y) and not np.allclose(seen[2][-2:], 0.0)  # raw: the rewards themselves
+    seen.clear()
+    run(config(model, seed=0, prior=str(prior_run), budget=3, model_target="per_dataset"), tmp_path / "std", full_table)
+    z = (prior_y - prior_y.mean()) / prior_y.std()
+    assert np.allclose(seen[0], z) and np.allclose(seen[2][: len(z)], z)
+    assert seen[1][-1] == 0.0  # one trial of this dataset: no spread yet, its mean
+    own = seen[2][-2:]
+    assert np.allclose(own, [-1.0, 1.0]) or np.allclose(own, [1.0, -1.0]) or np.allclose(own, 0.0)  # two trials, standardised together
+    with pytest.raises(ConfigError, match="unknown model_target 'ranks'; valid: raw, per_dataset"):
+        config(model, prior=str(prior_run), model_target="ranks")

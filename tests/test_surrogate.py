@@ -362,3 +362,17 @@ def test_yaml_surrogate_section_is_checked(tmp_path):
         TrainConfig.from_dict({"train": {"surrogate": {"kappa": "x"}}}, source="f.yaml")
     with pytest.raises(MemrlError, match="unknown key.*surrogate.bogus"):
         TrainConfig.from_dict({"train": {"surrogate": {"bogus": 1}}}, source="f.yaml")
+
+
+def test_standardise_by_group_puts_every_dataset_on_one_scale():
+    from memrl.evaluation.surrogate import standardise_by_group
+
+    y = [1.0, 3.0, -10.0, -30.0, -20.0, 5.0, 7.0, 7.0]
+    g = ["a", "a", "b", "b", "b", "c", "d", "d"]
+    z = standardise_by_group(y, g)
+    assert np.allclose(z[:2], [-1.0, 1.0])  # a: mean 2, std 1
+    assert np.allclose(z[2:5], [1.224745, -1.224745, 0.0], atol=1e-6)  # b: 20 times a's spread, the same scale after
+    assert z[5] == 0.0 and np.allclose(z[6:], 0.0)  # one value, or equal values: the group's mean
+    assert np.argsort(z[2:5]).tolist() == np.argsort(y[2:5]).tolist()  # the order within a dataset is kept
+    with pytest.raises(MemrlError, match="3 values but 2 group labels"):
+        standardise_by_group([1.0, 2.0, 3.0], ["a", "b"])

@@ -96,6 +96,35 @@ def log_lr_scale(method: str, lr: float | None) -> float:
     return math.log(float(lr) / FinetuneConfig(method=method).resolved_lr())
 
 
+#: Targets the reward model can be fitted on (see :func:`standardise_by_group`).
+TARGETS = ("raw", "per_dataset")
+
+
+def standardise_by_group(y: Sequence[float], groups: Sequence[object]) -> np.ndarray:
+    """``y`` standardised within each group: ``(y - group mean) / group std``.
+
+    Why: datasets of one family differ in reward *scale* by a factor of ten or more (one member's
+    masks span 15 reward points, another's 1.5), so a model fitted on raw rewards across datasets
+    spends its fit on the wide ones and reads a narrow member's differences between masks as
+    noise. Standardised per dataset, every member says the same thing, *which masks are better
+    than its average*, which is all a pick needs (a mask's rank within a dataset is unchanged).
+    A group of one value, or of equal values, becomes 0 (its mean): no scale to divide by.
+    """
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    keys = list(groups)
+    if len(keys) != y.shape[0]:
+        raise MemrlError(f"standardise_by_group: {y.shape[0]} values but {len(keys)} group labels")
+    out = np.zeros_like(y)
+    index: dict[object, list[int]] = {}
+    for i, k in enumerate(keys):
+        index.setdefault(k, []).append(i)
+    for rows in index.values():
+        v = y[rows]
+        sd = float(v.std())
+        out[rows] = (v - v.mean()) / sd if sd > 1e-12 else 0.0
+    return out
+
+
 class RewardSurrogate:
     """Gaussian-process regression of the reward on :class:`SurrogateFeatures` rows (see the module
     docstring for why): :meth:`fit` then :meth:`predict` ``-> (mean, std)``.
@@ -162,4 +191,4 @@ class RewardSurrogate:
         return str(self._gp.kernel_) if self._gp is not None else "(not fitted)"
 
 
-__all__ = ["RewardSurrogate", "SurrogateFeatures", "log_lr_scale"]
+__all__ = ["TARGETS", "RewardSurrogate", "SurrogateFeatures", "log_lr_scale", "standardise_by_group"]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from memrl.envs.config import EnvConfig
 from memrl.errors import MemrlError
+from memrl.evaluation.surrogate import TARGETS
 from memrl.search.optimizers import OPTIMIZERS
 from memrl.utils.config import ConfigError, check_fields
 
@@ -89,6 +90,11 @@ class SearchSettings:
     #: the budget may be a single evaluation (leave-one-member-out on the training members,
     #: ``experiments/zero_shot_rule.py``, found neither rule consistently better).
     model_first_beta: float = 0.0
+    #: ``optimizer: model`` only: what the reward model is fitted on. ``raw``: the rewards as they
+    #: are; ``per_dataset``: each dataset's rewards standardised by its own mean and spread (the
+    #: prior's members differ in scale by a factor of ten; ``experiments/zero_shot_rule.py
+    #: --targets raw per_dataset`` compares the two on the training members).
+    model_target: str = "raw"
 
     def __post_init__(self) -> None:
         where = "search config"
@@ -110,6 +116,8 @@ class SearchSettings:
             raise ConfigError(where, f"'screen_eta' must be an integer >= 2 (one screened trial in screen_eta gets the full budget), got {self.screen_eta!r}")
         if self.prior is not None and self.optimizer != "model":
             raise ConfigError(where, f"'prior' ({self.prior}) is the reward model's starting data: it needs optimizer model, not {self.optimizer}")
+        if self.model_target not in TARGETS:
+            raise ConfigError(where, f"unknown model_target {self.model_target!r}; valid: {', '.join(TARGETS)}")
         for name in ("model_beta", "model_first_beta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from memrl.errors import MemrlError
-from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures
+from memrl.evaluation.surrogate import TARGETS, RewardSurrogate, SurrogateFeatures, standardise_by_group
 
 #: Above this many actions the candidates of a trial are a random draw of this many.
 MAX_CANDIDATES = 2**16
@@ -55,6 +55,8 @@ class Prior:
     datasets: tuple[str, ...]
     #: Descriptor of the searched dataset in the prior's basis.
     context: np.ndarray
+    #: The dataset of each row of ``X`` (the groups of ``target: per_dataset``).
+    groups: tuple[str, ...] = ()
 
 
 def load_prior(run: str | Path, evaluator: Any, data: Any, dataset: str, units: Sequence[str], methods: Sequence[str], lr_scales: bool) -> Prior:
@@ -93,17 +95,23 @@ def load_prior(run: str | Path, evaluator: Any, data: Any, dataset: str, units: 
     features = SurrogateFeatures(basis.dim, len(units), methods, lr_scales)
     X = features.matrix([(descriptors[d], b, m, lr) for d, b, m, lr, _ in rows])
     y = np.asarray([r for *_, r in rows], dtype=float)
-    return Prior(str(run), features, X, y, tuple(descriptors), basis.describe(net, data))
+    return Prior(str(run), features, X, y, tuple(descriptors), basis.describe(net, data), tuple(d for d, *_ in rows))
 
 
-def model_sampler(seed: int, space: dict, params_at: Callable[[int], dict], n_actions: int, decode: Callable[[dict], tuple[str, str, float | None]], features: SurrogateFeatures, prior: Prior | None = None, beta: float = 1.0, first_beta: float = 0.0):  # noqa: ANN201
+def model_sampler(seed: int, space: dict, params_at: Callable[[int], dict], n_actions: int, decode: Callable[[dict], tuple[str, str, float | None]], features: SurrogateFeatures, prior: Prior | None = None, beta: float = 1.0, first_beta: float = 0.0, target: str = "raw"):  # noqa: ANN201
     """The Optuna sampler of ``--optimizer model`` (see the module docstring).
 
     ``space``: the trial's distributions (every parameter is chosen at once, from one action);
     ``params_at(k)``: the parameters of action ``k``; ``decode(params)``: ``(bits, method, lr)``
     of a trial's parameters; ``features``: the model's inputs (with ``prior``: the prior's);
     ``beta``: the upper confidence bound's weight on the standard deviation; ``first_beta``: the
-    same for the zero-shot trial (with a prior, before this study has a finished trial)."""
+    same for the zero-shot trial (with a prior, before this study has a finished trial);
+    ``target``: ``raw`` fits the rewards as they are, ``per_dataset`` standardises them within each
+    dataset first (the prior's members one by one, this study's trials as one more group;
+    :func:`memrl.evaluation.surrogate.standardise_by_group`), so that wide-range members do not
+    drown the narrow ones."""
+    if target not in TARGETS:
+        raise MemrlError(f"model sampler: unknown target {target!r}; valid: {', '.join(TARGETS)}")
     from optuna.samplers import BaseSampler
     from optuna.trial import TrialState
 
@@ -146,8 +154,11 @@ def model_sampler(seed: int, space: dict, params_at: Callable[[int], dict], n_ac
                 return cands[int(rng.integers(len(cands)))]
             X = np.asarray([self._row(t.params) for t in done]).reshape(len(done), features.dim)
             y = np.asarray([t.values[0] for t in done], dtype=float)
+            if target == "per_dataset":
+                y = standardise_by_group(y, [None] * len(y))
             if self.prior is not None:
-                X, y = np.vstack([self.prior.X, X]), np.concatenate([self.prior.y, y])
+                y_prior = standardise_by_group(self.prior.y, self.prior.groups) if target == "per_dataset" else self.prior.y
+                X, y = np.vstack([self.prior.X, X]), np.concatenate([y_prior, y])
             model = RewardSurrogate(seed=self.seed).fit(X, y)
             mean, std = model.predict(np.asarray([self._row(p) for p in cands]))
             beta = self.first_beta if not done else self.beta

@@ -144,7 +144,7 @@ def build_model_sampler(cfg: SearchConfig, ev: MaskEvaluator, data, units: list[
         mask = Mask.from_bits([int(b) for b in bits], units)
         return ev.effective_mask(method, mask)[0].bitstring, method, lr  # the units actually trained, as the prior's rows
 
-    return model_sampler(cfg.search.seed, space, params_at, n, decode, features, prior, cfg.search.model_beta, cfg.search.model_first_beta)
+    return model_sampler(cfg.search.seed, space, params_at, n, decode, features, prior, cfg.search.model_beta, cfg.search.model_first_beta, cfg.search.model_target)
 
 
 def make_pruner(cfg: SearchConfig):  # noqa: ANN201
