@@ -345,3 +345,25 @@ def test_help_mentions_lookup(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--lookup DIR" in capsys.readouterr().out
+
+
+def test_cache_export_cli_writes_the_table_export_table_writes(made, tmp_path, capsys):
+    """``memrl cache export``: the same bytes as :func:`export_table` with the evaluator's meta; bad input is one line."""
+    from memrl.cli import main
+
+    ev = made["ev"]
+    out = tmp_path / "t" / "inverted.jsonl"
+    argv = ["cache", "export", str(made["root"] / "evals.sqlite"), "--out", str(out), "--pretrained", str(ev.pretrained_dir), "--granularity", ev.granularity]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"rows": made["rows"], "table": str(out)}
+    assert out.read_bytes() == (made["tables"] / "inverted.jsonl").read_bytes()
+    # a table that declares lora only (full, the reference, is added)
+    assert main([*argv, "--method", "lora", "--out", str(tmp_path / "lora.jsonl")]) == 0
+    meta, rows = read_table(tmp_path / "lora.jsonl")
+    assert sorted(meta["trainable_units"]) == ["full", "lora"] and len(rows) == made["rows"]
+    assert f"exported {made['rows']} finished evaluation(s)" in capsys.readouterr().out
+    assert main(["cache", "export", str(tmp_path / "missing.sqlite"), "--out", str(tmp_path / "x.jsonl"), "--pretrained", str(ev.pretrained_dir)]) == 2
+    assert "no evaluation cache at" in capsys.readouterr().err
+    assert main([*argv[:3], "--out", str(tmp_path), *argv[5:]]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "x.jsonl").exists()

@@ -140,10 +140,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def add_cache(sub: argparse._SubParsersAction) -> None:
-    """``memrl cache import``: seed an evaluation cache from committed lookup tables."""
+    """``memrl cache import`` / ``export``: seed an evaluation cache from committed lookup tables, and write one as a table."""
+    from memrl.peft_masking import GRANULARITIES, METHODS
+
     p = sub.add_parser(
         "cache",
-        help="manage evaluation caches: import lookup tables so that real runs reuse their fine-tunes",
+        help="manage evaluation caches: import lookup tables so that real runs reuse their fine-tunes, export a cache as a table",
         description="Evaluation caches (SQLite files or postgresql:// URLs) hold every finished evaluation; lookup tables "
         "(*.jsonl, e.g. experiments/results/exhaustive) are their portable, committed copies.",
     )
@@ -160,6 +162,23 @@ def add_cache(sub: argparse._SubParsersAction) -> None:
     imp.add_argument("--into", required=True, metavar="CACHE", help="the evaluation cache to fill: an SQLite file (created if missing), sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
     imp.add_argument("--json", action="store_true", help="print the counts as one JSON object instead of a sentence")
     imp.set_defaults(func=_cmd_cache_import)
+    exp = verbs.add_parser(
+        "export",
+        help="write an evaluation cache's finished evaluations as a lookup table",
+        description="Write the finished evaluations of CACHE (results, and failures that repeat) as a lookup table "
+        "(*.jsonl): commit it, `memrl cache import` it into a fresh cache on another machine, or answer from it with "
+        "--lookup. Only rows of the named model, feature network and units are written; the file is written "
+        "atomically and is the same bytes for the same cache content.",
+    )
+    exp.add_argument("cache", metavar="CACHE", help="the evaluation cache to read: an SQLite file, sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+    exp.add_argument("--out", required=True, metavar="TABLE", help="the lookup table to write (*.jsonl)")
+    exp.add_argument("--pretrained", "--model", dest="pretrained", default=DEFAULT_MODEL, help=f"the pretrained model folder the evaluations fine-tuned (default {DEFAULT_MODEL})")
+    exp.add_argument("--feature-net", default=None, metavar="FOLDER|MODULE:CALLABLE", help=FEATURE_NET_HELP + "; default: MODEL/feature_net")
+    exp.add_argument("--granularity", default="attention", choices=list(GRANULARITIES), help="the units the evaluations' masks switch (default attention)")
+    exp.add_argument("--resolution", type=int, default=None, metavar="PIXELS", help="the resolution the evaluations ran at (default: the model's own)")
+    exp.add_argument("--method", dest="methods", nargs="+", default=None, choices=list(METHODS), metavar="METHOD", help="methods the table declares (full, the reward's reference, is always added; default: every method)")
+    exp.add_argument("--json", action="store_true", help="print the count as one JSON object instead of a sentence")
+    exp.set_defaults(func=_cmd_cache_export)
 
 
 def _cmd_cache_import(args: argparse.Namespace) -> int:
@@ -179,6 +198,26 @@ def _cmd_cache_import(args: argparse.Namespace) -> int:
             f"imported {counts['imported']} result(s) and {counts['failures']} deterministic failure(s) from {counts['tables']} "
             f"table(s) into {args.into}; {counts['present']} were already there"
         )
+    return 0
+
+
+def _cmd_cache_export(args: argparse.Namespace) -> int:
+    from memrl.errors import MemrlError
+    from memrl.evaluation import Evaluator
+    from memrl.evaluation.cache import open_backend
+    from memrl.evaluation.lookup import export_table, table_meta
+
+    file = getattr(open_backend(args.cache), "path", None)  # the form of CACHE, before the model loads
+    if file is not None and not file.is_file():
+        raise MemrlError(f"no evaluation cache at {file} (an SQLite file written by memrl evaluate / train / search, or a postgresql:// URL)")
+    out = Path(args.out)
+    if out.is_dir():
+        raise MemrlError(f"--out {out} is a folder; give a file name such as {out}/evaluations.jsonl")
+    ev = Evaluator(args.pretrained, device="cpu", granularity=args.granularity, feature_net=args.feature_net, resolution=args.resolution)
+    methods = None if args.methods is None else list(dict.fromkeys([*args.methods, "full"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = export_table(args.cache, out, table_meta(ev, methods))
+    print(json.dumps({"rows": n, "table": str(out)}) if args.json else f"exported {n} finished evaluation(s) from {args.cache} to {out}")
     return 0
 
 
