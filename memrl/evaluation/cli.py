@@ -204,12 +204,9 @@ def _cmd_cache_import(args: argparse.Namespace) -> int:
 def _cmd_cache_export(args: argparse.Namespace) -> int:
     from memrl.errors import MemrlError
     from memrl.evaluation import Evaluator
-    from memrl.evaluation.cache import open_backend
-    from memrl.evaluation.lookup import export_table, table_meta
+    from memrl.evaluation.lookup import export_table, require_cache, table_meta
 
-    file = getattr(open_backend(args.cache), "path", None)  # the form of CACHE, before the model loads
-    if file is not None and not file.is_file():
-        raise MemrlError(f"no evaluation cache at {file} (an SQLite file written by memrl evaluate / train / search, or a postgresql:// URL)")
+    require_cache(args.cache)  # before the model loads
     out = Path(args.out)
     if out.is_dir():
         raise MemrlError(f"--out {out} is a folder; give a file name such as {out}/evaluations.jsonl")

@@ -92,6 +92,14 @@ def _jsonable(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
+def require_cache(location: str | Path) -> None:
+    """Refuse (one line) an SQLite cache ``location`` that does not exist; a database URL passes
+    (its server answers for it). Cheap: call it before loading a model."""
+    file = getattr(open_backend(location), "path", None)  # None: a database server
+    if file is not None and not file.is_file():
+        raise MemrlError(f"no evaluation cache at {file} (an SQLite file written by memrl evaluate / train / search, or a postgresql:// URL)")
+
+
 def export_table(cache: EvalCache | str | Path, out: str | Path, meta: dict, include_transient: bool = False) -> int:
     """Write the finished evaluations of ``cache`` to the table ``out``; returns the number of rows.
 
@@ -107,9 +115,7 @@ def export_table(cache: EvalCache | str | Path, out: str | Path, meta: dict, inc
     """
     meta = _jsonable(_check_meta(dict(meta), f"export to {out}"))
     if not isinstance(cache, EvalCache):
-        file = getattr(open_backend(cache), "path", None)  # None: a database server
-        if file is not None and not file.is_file():
-            raise MemrlError(f"no evaluation cache at {file} (an SQLite file written by memrl evaluate / train / search, or a postgresql:// URL)")
+        require_cache(cache)
         cache = EvalCache(cache)
     rows = cache.finished_rows()
     lines, newest, finished = [], None, 0

@@ -116,6 +116,8 @@ def model_sampler(seed: int, space: dict, params_at: Callable[[int], dict], n_ac
     from optuna.trial import TrialState
 
     context = prior.context if prior is not None else np.zeros(0)
+    # the prior's targets, fixed for the whole study: standardised once, not before every trial
+    prior_y = None if prior is None else standardise_by_group(prior.y, prior.groups) if target == "per_dataset" else prior.y
 
     class RewardModelSampler(BaseSampler):
         def __init__(self) -> None:
@@ -157,8 +159,7 @@ def model_sampler(seed: int, space: dict, params_at: Callable[[int], dict], n_ac
             if target == "per_dataset":
                 y = standardise_by_group(y, [None] * len(y))
             if self.prior is not None:
-                y_prior = standardise_by_group(self.prior.y, self.prior.groups) if target == "per_dataset" else self.prior.y
-                X, y = np.vstack([self.prior.X, X]), np.concatenate([y_prior, y])
+                X, y = np.vstack([self.prior.X, X]), np.concatenate([prior_y, y])
             model = RewardSurrogate(seed=self.seed).fit(X, y)
             mean, std = model.predict(np.asarray([self._row(p) for p in cands]))
             beta = self.first_beta if not done else self.beta
