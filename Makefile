@@ -19,8 +19,11 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# One pytest-xdist worker per core (one torch thread each, tests/conftest.py), a file's tests on
+# one worker so its module fixtures are built once; `make test TEST_WORKERS=0` runs in-process.
+TEST_WORKERS ?= auto
 test: $(STAMP)
-	$(PY) -m pytest -q -ra --durations=15
+	$(PY) -m pytest -q -ra --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 RUN ?= runs/demo
 
