@@ -125,7 +125,7 @@ def test_bench_transfer_reports_the_tables_numbers(setup, tmp_path, capsys):
     # few-shot table: every method, and goals with a verdict each
     few = next(_cells(x) for x in text.splitlines() if x.startswith("| dataset | tpe |"))
     assert few[1:] == ["tpe", "tpe+policy", "tpe+fixed", "model+prior", "model", "random"]
-    for line in ("zero-shot rank in the top 10%", "mean regret", "TPE@16 on", "few-shot: tpe+policy", "few-shot: model+prior", "reward model zero-shot", "cost: training spent"):
+    for line in ("zero-shot rank in the top 10%", "mean regret", "TPE@16 on", "few-shot: tpe+policy", "few-shot: model+prior", "control: tpe+policy", "reward model zero-shot", "cost: training spent"):
         assert line in text
     raw = json.loads((out / "bench_transfer.json").read_text())
     keys = [r["key"] for r in raw["runs"]]
@@ -327,3 +327,19 @@ def test_zero_shot_rule_scores_each_left_out_pick(setup, tmp_path, capsys):
     assert "--targets 'ranks' is not one of raw, per_dataset" in capsys.readouterr().err
     assert mod.main(["--run", str(setup["policy"]), "--tables", str(setup["tables"]), "--config", str(setup["config"])]) == 2
     assert "leave-one-out needs at least 3" in capsys.readouterr().err
+
+
+def test_few_shot_verdict_needs_the_test_not_only_a_lower_median():
+    """A lower median is called met only when a one-sided Mann-Whitney test agrees; runs that never got
+    within 2% (hit None) count as more than the budget."""
+    mod = _module()
+    runs = lambda hits: [{"hit": h} for h in hits]  # noqa: E731
+    clear = mod.few_shot_verdict(runs([1, 2, 2, 3, 1, 2, 3, 2, 1, 2]), runs([20, 25, None, 30, 18, None, 22, 28, None, 26]), 32)
+    assert clear.startswith("met (one-sided Mann-Whitney p = ")
+    assert float(clear.split("p = ")[1].split(",")[0]) < 0.001
+    # 12 against 12.5 with the same spread: lower median, no demonstrated difference
+    close = mod.few_shot_verdict(runs([4, 8, 12, 17, 30, 5, 12, 20, 9, 14]), runs([8, 9, 12, 13, 24, 6, 15, 22, 10, 16]), 32)
+    assert close.startswith("lower median, not a demonstrated difference") and close.endswith("-> not met")
+    # a median that is itself a lower bound (most runs never got there) is never a win
+    assert mod.few_shot_verdict(runs([None] * 6 + [3] * 4), runs([None] * 10), 32).startswith("not met")
+    assert mod.few_shot_verdict(runs([5] * 4), runs([5] * 4), 32) == "not met (one-sided Mann-Whitney p = 1.00)"
