@@ -28,6 +28,7 @@ import csv
 import importlib.util
 import sys
 import time
+from typing import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,34 +47,44 @@ BS = _load("bench_search")
 BT = _load("bench_transfer")
 
 
-def training_rows(run: Path) -> list[tuple[str, str, float]]:
-    """``(dataset, effective mask bits, reward)`` of the run's real, successful evaluations."""
-    rows = []
-    with open(run / "evaluations.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            if r.get("failed") == "True" or not r.get("reward"):
-                continue
-            rows.append((r["dataset"], r["mask_bits"], float(r["reward"])))
+def training_rows(run: Path | Sequence[Path]) -> list[tuple[str, str, float]]:
+    """``(dataset, effective mask bits, reward)`` of the run's real, successful evaluations. With
+    several runs (agent seeds sharing one evaluation cache), their evaluations pooled: a
+    dataset-mask pair two runs evaluated is one evaluation (the first run's row), not two."""
+    runs = [Path(run)] if isinstance(run, (str, Path)) else [Path(r) for r in run]
+    rows, seen = [], set()
+    for folder in runs:
+        with open(folder / "evaluations.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                if r.get("failed") == "True" or not r.get("reward") or (r["dataset"], r["mask_bits"]) in seen:
+                    continue
+                seen.add((r["dataset"], r["mask_bits"]))
+                rows.append((r["dataset"], r["mask_bits"], float(r["reward"])))
     return rows
 
 
-def run_inputs(run: Path, tables: Path, config: str):  # noqa: ANN201
+def run_inputs(run: Path | Sequence[Path], tables: Path, config: str):  # noqa: ANN201
     """``(env, lookup evaluator, feature net, descriptor basis, rows)`` of an amortised run scored
     against the tables: the env the tables were made with, the run's own descriptor basis and its
-    successful evaluations (:func:`training_rows`). :class:`MemrlError` when any is missing."""
+    successful evaluations (:func:`training_rows`). Several runs: the first run's basis and the
+    runs' evaluations pooled. :class:`MemrlError` when any is missing."""
     from memrl.envs.descriptor import DescriptorBasis
     from memrl.errors import MemrlError
     from memrl.evaluation.lookup import LookupEvaluator
 
+    runs = [Path(run)] if isinstance(run, (str, Path)) else [Path(r) for r in run]
+    for folder in runs:  # checked first: a mistyped run folder should not wait for the tables to load
+        if not (folder / "evaluations.csv").is_file() or not (folder / "descriptor.json").is_file():
+            raise MemrlError(f"{folder}: not a memrl train run folder (needs evaluations.csv and descriptor.json)")
     env = BS.load_env(config)
     ev = LookupEvaluator.from_dir(tables)
     if ev.feature_net is None:
         ev.set_feature_net(Path(env.pretrained) / "feature_net")
     net = ev.require_feature_net()
-    basis = DescriptorBasis.load(run / "descriptor.json")
-    rows = training_rows(run)
+    basis = DescriptorBasis.load(runs[0] / "descriptor.json")
+    rows = training_rows(runs)
     if not rows:
-        raise MemrlError(f"{run}/evaluations.csv has no successful evaluation yet")
+        raise MemrlError(f"{', '.join(map(str, runs))}: evaluations.csv has no successful evaluation yet")
     return env, ev, net, basis, rows
 
 
@@ -85,7 +96,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, help="an amortised memrl train run folder (evaluations.csv, descriptor.json, config.yaml)")
+    ap.add_argument("--run", required=True, nargs="+", help="an amortised memrl train run folder (evaluations.csv, descriptor.json, config.yaml); several (agent seeds): their evaluations pooled, the first one's descriptor basis")
     ap.add_argument("--tables", default="experiments/results/exhaustive", help="folder of lookup tables (*.jsonl)")
     ap.add_argument("--datasets", nargs="+", default=None, help="datasets to test on (default: every test member with a complete table)")
     ap.add_argument("--train-datasets", nargs="+", default=None, help="datasets whose tables give the best fixed mask (default: every training member with a complete table)")
@@ -99,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     from memrl.errors import MemrlError
     from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures
 
-    run, tables = Path(args.run), Path(args.tables)
+    run, tables = [Path(r) for r in args.run], Path(args.tables)
+    run_name = " + ".join(map(str, run))
     try:
         env, ev, net, basis, rows = run_inputs(run, tables, args.config)
         names = BS.table_datasets(tables)
@@ -115,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     leak = sorted({d for d, _, _ in rows} & set(truths))
     if leak:
-        print(f"error: {run} trained on {', '.join(leak)}, a dataset tested here", file=sys.stderr)
+        print(f"error: {run_name} trained on {', '.join(leak)}, a dataset tested here", file=sys.stderr)
         return 2
 
     desc: dict[str, np.ndarray] = {}
@@ -132,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     fixed = BT.best_fixed(train_truths)[0][0] if train_truths else None
 
     lines = [
-        f"Reward model zero-shot on test members: {len(rows)} real evaluations of `{run}` on "
+        f"Reward model zero-shot on test members: {len(rows)} real evaluations of `{run_name}` on "
         f"{len({d for d, _, _ in rows})} training members (descriptor basis of that run); ground truth: the tables under `{tables}` "
         f"(seed {env.seed}). Regret = r_max - r; rank among {n_units and 2 ** n_units} masks; rho = Spearman of predicted vs true rewards over all masks.",
         "",

@@ -63,7 +63,7 @@ def score(cands: dict[str, float], pick: str) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, help="an amortised memrl train run folder (evaluations.csv, descriptor.json)")
+    ap.add_argument("--run", required=True, nargs="+", help="an amortised memrl train run folder (evaluations.csv, descriptor.json); several (agent seeds): their evaluations pooled, the first one's descriptor basis")
     ap.add_argument("--tables", default="experiments/results/exhaustive", help="folder of lookup tables (*.jsonl): a training member with a complete table is scored on all masks")
     ap.add_argument("--config", default="experiments/exhaustive.yaml", help="the env the tables and the run were made with")
     ap.add_argument("--betas", nargs="+", type=float, default=[0.0, 0.5, 1.0, 2.0], help="rules to compare: 0 is the posterior mean, beta > 0 is mean + beta x std")
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     from memrl.errors import MemrlError
     from memrl.evaluation.surrogate import TARGETS, RewardSurrogate, SurrogateFeatures, standardise_by_group
 
-    run, tables = Path(args.run), Path(args.tables)
+    run, tables = [Path(r) for r in args.run], Path(args.tables)
+    run_name = " + ".join(map(str, run))
     try:
         env, ev, net, basis, rows = BC.run_inputs(run, tables, args.config)
         members = sorted({d for d, _, _ in rows})
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if len(members) < 3:
-        print(f"error: {run} evaluated {len(members)} member(s); leave-one-out needs at least 3", file=sys.stderr)
+        print(f"error: {run_name} evaluated {len(members)} member(s); leave-one-out needs at least 3", file=sys.stderr)
         return 2
 
     bad = [t for t in args.targets if t not in TARGETS]
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     regrets: dict[str, list[float]] = {n: [] for n in names}
     ranks: dict[str, list[float]] = {n: [] for n in names}
     lines = [
-        f"Leave-one-member-out on the {len(members)} training members of `{run}` ({len(rows)} real evaluations): the reward model "
+        f"Leave-one-member-out on the {len(members)} training members of `{run_name}` ({len(rows)} real evaluations): the reward model "
         f"fitted on the other members picks a mask for the left-out one by each rule. Normalised regret = (best - r) / (best - mean) "
         f"over the candidates; rank as a fraction of the candidates.",
         "",

@@ -343,3 +343,29 @@ def test_few_shot_verdict_needs_the_test_not_only_a_lower_median():
     # a median that is itself a lower bound (most runs never got there) is never a win
     assert mod.few_shot_verdict(runs([None] * 6 + [3] * 4), runs([None] * 10), 32).startswith("not met")
     assert mod.few_shot_verdict(runs([5] * 4), runs([5] * 4), 32) == "not met (one-sided Mann-Whitney p = 1.00)"
+
+
+def test_bench_context_pools_several_runs_once_per_pair(tmp_path):
+    """bench_context.training_rows with several runs (agent seeds sharing a cache): their successful
+    evaluations pooled, a dataset-mask pair that two runs evaluated counted once (the first run's row)."""
+    import csv
+
+    spec = importlib.util.spec_from_file_location("bench_context", ROOT / "experiments" / "bench_context.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    runs = []
+    for i, rows in enumerate(([("inverted", "0000001", -1.0), ("thick", "0000011", -2.0)], [("inverted", "0000001", -1.0), ("inverted", "1000000", -3.0), ("thick", "1111111", None)])):
+        run = tmp_path / f"s{i}"
+        run.mkdir()
+        with open(run / "evaluations.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=["dataset", "mask_bits", "reward", "failed"])
+            w.writeheader()
+            for d, b, r in rows:
+                w.writerow({"dataset": d, "mask_bits": b, "reward": "" if r is None else r, "failed": str(r is None)})
+        runs.append(run)
+    assert mod.training_rows(runs[0]) == [("inverted", "0000001", -1.0), ("thick", "0000011", -2.0)]
+    assert mod.training_rows(runs) == [("inverted", "0000001", -1.0), ("thick", "0000011", -2.0), ("inverted", "1000000", -3.0)]
+    from memrl.errors import MemrlError
+
+    with pytest.raises(MemrlError, match="not a memrl train run folder"):
+        mod.run_inputs(runs, tmp_path, str(ROOT / "experiments" / "exhaustive.yaml"))  # no descriptor.json
