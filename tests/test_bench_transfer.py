@@ -35,16 +35,44 @@ def _u(bits: str, salt: str) -> float:
     return int(hashlib.sha256((salt + bits).encode()).hexdigest()[:8], 16) / 16**8
 
 
+def write_table(ev, cfg, name: str, seed: int, tables: Path, scratch: Path) -> None:  # noqa: ANN001
+    """A synthetic lookup table ``tables/NAME_lora_seedSEED.jsonl`` over every lora mask: the
+    reference and base rows as evaluated (with ``seed``), each mask's row a copy of a real evaluation
+    with its own FID / nn_own_rate (one term shared by every table, one of the dataset's, one of the seed's)."""
+    from memrl.data.loaders import load_dataset
+    from memrl.evaluation import request_key
+    from memrl.evaluation.evaluator import build_request
+    from memrl.evaluation.lookup import export_table, read_table, table_meta
+    from memrl.peft_masking import Mask
+
+    data = load_dataset(name, ev.image_size, ev.image_channels)
+    ev.evaluate(data, "lora", "mid_block.attentions.0", cfg, seed=seed)  # + the reference and base rows
+    real = scratch / f"{name}-seed{seed}-real.jsonl"
+    export_table(ev.cache, real, table_meta(ev))
+    meta, rows = read_table(real)
+    fp = data.fingerprint()
+    lcfg = cfg.with_method("lora", None, seed)
+    keep = [r for r in rows if r["request"]["method"] == "full" and r["request"]["dataset"] == fp]  # the reference and base rows (other seeds' are harmless)
+    template = next(r for r in rows if r["request"]["method"] == "lora" and r["request"]["dataset"] == fp)
+    n = len(ev.units)
+    for k in range(2**n):
+        bits = format(k, f"0{n}b")
+        mask = Mask.from_bits(bits, ev.units)
+        req = build_request(ev.model_hash, ev.feature_net_hash, ev.units, ev.granularity, fp, bits, lcfg, template["request"]["runtime"])
+        res = copy.deepcopy(template["result"])
+        # the two datasets agree on most of the ranking: one shared term, one of their own (and a seed's)
+        fid = res["fid"] * (0.5 + 1.5 * _u(bits, "fid") + 0.5 * _u(bits, name) + (0.5 * _u(bits, f"seed{seed}") if seed else 0.0))
+        res.update({"mask": str(mask), "mask_bits": bits, "mask_units": list(mask.selected), "fid": fid, "nn_own_rate": _u(bits, "mem"), "trainable_fraction": 0.01 * bits.count("1")})
+        keep.append({"key": request_key(req), "request": req, "status": "ok", "result": res, "error": None, "deterministic": False})
+    (tables / f"{name}_lora_seed{seed}.jsonl").write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in [{"meta": meta}, *keep]))
+
+
 @pytest.fixture(scope="module")
 def setup(quick_model_dir, tmp_path_factory):
     from memrl.agents.config import TrainConfig
     from memrl.agents.train import train
-    from memrl.data.loaders import load_dataset
     from memrl.envs.config import EnvConfig
-    from memrl.evaluation import Evaluator, request_key
-    from memrl.evaluation.evaluator import build_request
-    from memrl.evaluation.lookup import export_table, read_table, table_meta
-    from memrl.peft_masking import Mask
+    from memrl.evaluation import Evaluator
 
     root = tmp_path_factory.mktemp("bench_transfer")
     env = {"pretrained": str(quick_model_dir[0]), "datasets": ["inverted"], "method": "lora", "preset": "quick", "eval_overrides": TINY, "seed": 0}
@@ -56,24 +84,7 @@ def setup(quick_model_dir, tmp_path_factory):
     tables.mkdir()
     n = len(ev.units)
     for name in DATASETS:
-        data = load_dataset(name, ev.image_size, ev.image_channels)
-        ev.evaluate(data, "lora", "mid_block.attentions.0", cfg, seed=0)  # + the reference and base rows
-        export_table(ev.cache, root / f"{name}-real.jsonl", table_meta(ev))
-        meta, rows = read_table(root / f"{name}-real.jsonl")
-        fp = data.fingerprint()
-        keep = [r for r in rows if r["request"]["method"] == "full" and r["request"]["dataset"] == fp]
-        template = next(r for r in rows if r["request"]["method"] == "lora" and r["request"]["dataset"] == fp)
-        lcfg = cfg.with_method("lora", None, 0)
-        for k in range(2**n):
-            bits = format(k, f"0{n}b")
-            mask = Mask.from_bits(bits, ev.units)
-            req = build_request(ev.model_hash, ev.feature_net_hash, ev.units, ev.granularity, fp, bits, lcfg, template["request"]["runtime"])
-            res = copy.deepcopy(template["result"])
-            # the two datasets agree on most of the ranking: one shared term, one of their own
-            fid = res["fid"] * (0.5 + 1.5 * _u(bits, "fid") + 0.5 * _u(bits, name))
-            res.update({"mask": str(mask), "mask_bits": bits, "mask_units": list(mask.selected), "fid": fid, "nn_own_rate": _u(bits, "mem"), "trainable_fraction": 0.01 * bits.count("1")})
-            keep.append({"key": request_key(req), "request": req, "status": "ok", "result": res, "error": None, "deterministic": False})
-        (tables / f"{name}_lora_seed0.jsonl").write_text("".join(json.dumps(x, sort_keys=True) + "\n" for x in [{"meta": meta}, *keep]))
+        write_table(ev, cfg, name, 0, tables, root)
     policy_run = root / "policy"
     tcfg = TrainConfig.from_dict(
         {
@@ -83,7 +94,7 @@ def setup(quick_model_dir, tmp_path_factory):
         }
     )
     train(tcfg, policy_run, progress=False, echo=lambda _s: None, lookup=tables)
-    return {"tables": tables, "config": config, "policy": policy_run, "n": n}
+    return {"tables": tables, "config": config, "policy": policy_run, "n": n, "ev": ev, "cfg": cfg, "root": root}
 
 
 def _cells(line: str) -> list[str]:
@@ -369,3 +380,60 @@ def test_bench_context_pools_several_runs_once_per_pair(tmp_path):
 
     with pytest.raises(MemrlError, match="not a memrl train run folder"):
         mod.run_inputs(runs, tmp_path, str(ROOT / "experiments" / "exhaustive.yaml"))  # no descriptor.json
+
+
+def test_bench_transfer_scores_the_goals_again_on_a_second_seed(setup, tmp_path):
+    """With a second seed's table of the test dataset, the zero-shot picks, the fixed mask and TPE's
+    picks are scored on it (numbers no picker saw), and the three zero-shot goals get a verdict there."""
+    import shutil
+
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.policy import TrainedPolicy
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    mod = _module()
+    tables = tmp_path / "tables"
+    shutil.copytree(setup["tables"], tables)
+    write_table(setup["ev"], setup["cfg"], "thick", 1, tables, tmp_path)
+    md = tmp_path / "transfer.md"
+    argv = [
+        "--policies", str(setup["policy"]), "--tables", str(tables), "--config", str(setup["config"]), "--datasets", "thick",
+        "--train-datasets", "inverted", "--seeds", "2", "--budget", "16", "--warm-k", "2", "--out-dir", str(tmp_path / "out"), "--markdown", str(md),
+    ]  # fmt: skip
+    assert mod.main(argv) == 0
+    text = md.read_text()
+    env = mod.BS.load_env(setup["config"])
+    ev = LookupEvaluator.from_dir(tables)
+    ev.set_feature_net(Path(env.pretrained) / "feature_net")
+    t2 = mod.BS.next_seed_truth(ev, env, "thick")
+    t1 = mod.BS.ground_truth(ev, env, "thick")
+    assert t2 is not None and t2["rewards"] != t1["rewards"]  # the second seed's own numbers
+    policy = TrainedPolicy.load(setup["policy"] / "policy.zip")
+    data = load_dataset("thick", ev.image_size, ev.image_channels)
+    bits = policy.deterministic(ev, policy.describe(ev, data)).mask.bitstring
+    after = text.split("On a second evaluation seed", 1)[1]
+    row = next(_cells(x) for x in after.splitlines() if x.startswith("| thick |"))
+    assert float(row[1].split(" ")[0]) == pytest.approx(t2["r_max"], abs=1e-3)
+    regret2 = t2["r_max"] - t2["rewards"][bits]
+    assert float(row[2].split(" ")[0]) == pytest.approx(regret2, abs=1e-3)
+    assert int(row[3].split(" ")[0]) == mod.rank_of(t2, t2["rewards"][bits])
+    fixed = max(mod.BS.ground_truth(ev, env, "inverted")["rewards"].items(), key=lambda kv: kv[1])[0]
+    fixed2 = t2["r_max"] - t2["rewards"][fixed]
+    assert float(row[5].split(" ")[0]) == pytest.approx(fixed2, abs=1e-3)
+    beats = regret2 <= float(row[8]) + 1e-9
+    assert row[9] == ("yes" if beats else "no")
+    goals = after.split("- on the second evaluation seed (1 dataset(s)", 1)[1].splitlines()[1:4]
+    assert goals[1].strip() == f"- zero-shot mean regret {regret2:.3f} vs best fixed mask {fixed2:.3f} -> {'met' if regret2 < fixed2 else 'not met'}"
+    assert goals[2].strip().endswith(f"on {int(beats)} of 1 datasets -> {'met' if beats else 'not met'}")
+
+
+def test_zero_shot_goals_verdicts():
+    mod = _module()
+    lines = mod.zero_shot_goals([0.05, 0.2], [1.0, 0.5], [1.0, 1.0], 1, 2)
+    assert lines == [
+        "- zero-shot rank in the top 10% (median over datasets): 12.5% -> not met",
+        "- zero-shot mean regret 0.750 vs best fixed mask 1.000 -> met",
+        "- zero-shot at least as good as TPE@16 on 1 of 2 datasets -> met",
+    ]
+    assert mod.zero_shot_goals([0.1], [1.0], [], 0, 1, "X")[-1] == "- zero-shot at least as good as X on 0 of 1 datasets -> not met"
+    assert len(mod.zero_shot_goals([0.1], [1.0], [], 0, 1)) == 2  # no fixed mask: no regret goal
