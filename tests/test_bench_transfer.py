@@ -422,6 +422,12 @@ def test_bench_transfer_scores_the_goals_again_on_a_second_seed(setup, tmp_path)
     assert float(row[5].split(" ")[0]) == pytest.approx(fixed2, abs=1e-3)
     beats = regret2 <= float(row[8]) + 1e-9
     assert row[9] == ("yes" if beats else "no")
+    # the two-seed mean: the zero-shot and fixed masks scored on the mean of both tables
+    tm = mod.two_seed_mean(t1, t2)
+    mean_part = after.split("On the mean of both seeds", 1)[1]
+    mrow = next(_cells(x) for x in mean_part.splitlines() if x.startswith("| thick |"))
+    assert float(mrow[2].split(" ")[0]) == pytest.approx(tm["r_max"] - tm["rewards"][bits], abs=1e-3)
+    assert float(mrow[5].split(" ")[0]) == pytest.approx(tm["r_max"] - tm["rewards"][fixed], abs=1e-3)
     goals = after.split("- on the second evaluation seed (1 dataset(s)", 1)[1].splitlines()[1:4]
     assert goals[1].strip() == f"- zero-shot mean regret {regret2:.3f} vs best fixed mask {fixed2:.3f} -> {'met' if regret2 < fixed2 else 'not met'}"
     assert goals[2].strip().endswith(f"on {int(beats)} of 1 datasets -> {'met' if beats else 'not met'}")
@@ -437,3 +443,11 @@ def test_zero_shot_goals_verdicts():
     ]
     assert mod.zero_shot_goals([0.1], [1.0], [], 0, 1, "X")[-1] == "- zero-shot at least as good as X on 0 of 1 datasets -> not met"
     assert len(mod.zero_shot_goals([0.1], [1.0], [], 0, 1)) == 2  # no fixed mask: no regret goal
+
+
+def test_two_seed_mean_is_the_per_mask_mean():
+    mod = _module()
+    tm = mod.two_seed_mean({"rewards": {"01": -1.0, "10": -3.0, "11": -2.0}}, {"rewards": {"01": -3.0, "10": -1.0, "11": -1.0}})
+    assert tm["rewards"] == {"01": -2.0, "10": -2.0, "11": -1.5}
+    assert tm["r_max"] == -1.5 and tm["optimum_bits"] == ["11"] and tm["masks"] == 3
+    assert mod.rank_of(tm, tm["rewards"]["01"]) == 2
