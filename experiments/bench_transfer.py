@@ -60,6 +60,7 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,12 @@ def best_fixed(truths: dict[str, dict]) -> list[tuple[str, float]]:
 
 def rank_of(truth: dict, reward: float) -> int:
     return 1 + sum(1 for r in truth["rewards"].values() if r > reward)
+
+
+def picks_regret(rows: list[dict], truth2: dict, ks: Sequence[int]) -> dict[int, float]:
+    """The regret on ``truth2`` (a second seed's table) of the mask a run picks after ``k`` distinct
+    evaluations, for each ``k`` in ``ks``: the pick is made by the run's own (first seed's) rewards."""
+    return {k: truth2["r_max"] - truth2["rewards"][BS.pick_after(rows, k)] for k in ks}
 
 
 def two_seed_mean(t1: dict, t2: dict) -> dict:
@@ -164,6 +171,16 @@ def few_shot_verdict(ours: list[dict], theirs: list[dict], budget: int, goal: st
     if qa[0] < qb[0] and not qa[1]:
         return f"lower median, not a demonstrated difference (one-sided Mann-Whitney p = {p:.2f}, {len(a)} vs {len(b)} runs) -> not met"
     return f"not met (one-sided Mann-Whitney p = {p:.2f})"
+
+
+def held_out_comparison(ours: list[float], theirs: list[float], alpha: float = 0.05) -> str:
+    """``ours`` vs ``theirs``: normalised regrets on a second seed (lower is better), their medians
+    and a one-sided Mann-Whitney U test that ours are lower; "better" only when ``p < alpha``."""
+    from scipy.stats import mannwhitneyu
+
+    p = float(mannwhitneyu(ours, theirs, alternative="less").pvalue) if ours and theirs and len(set(ours + theirs)) > 1 else 1.0
+    verdict = "better" if np.median(ours) < np.median(theirs) and p < alpha else "not shown better"
+    return f"{np.median(ours):.2f} vs {np.median(theirs):.2f}, {verdict} (p = {p:.3f})"
 
 
 def zero_shot_goals(rank_pct: list[float], regret: list[float], fixed_regret: list[float], beats_tpe16: int, n: int, tpe: str = "TPE@16") -> list[str]:
@@ -321,7 +338,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     for d, truth in truths.items():
         data = load_dataset(d, ev.image_size, ev.image_channels)
         sig = f"table{truth['signature']}|cfg{cfg_sig}"
-        res: dict = {"zero_shot": [], "model_zero_shot": [], "traces": {m: [] for m in FEW_SHOT}, "tpe_at": {k: [] for k in TPE_AT}, "tpe_at_seed2": {k: [] for k in TPE_AT}}
+        res: dict = {"zero_shot": [], "model_zero_shot": [], "traces": {m: [] for m in FEW_SHOT}, "tpe_at": {k: [] for k in TPE_AT}, "tpe_at_seed2": {k: [] for k in TPE_AT}, "picks_seed2": {m: [] for m in FEW_SHOT}}
+
+        def record(method: str, rows: list[dict], res: dict = res, d: str = d, truth: dict = truth) -> None:
+            """A few-shot run's best-so-far trace and, with a second seed's table, its picks scored there."""
+            res["traces"][method].append(BS.trace(rows, truth, args.budget))
+            if d in truths2:
+                res["picks_seed2"][method].append(picks_regret(rows, truths2[d], TPE_AT))
+
         # zero-shot, per policy
         proposals = []
         for p in policies:
@@ -339,35 +363,35 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         # few-shot runs
         for s in range(args.seeds):
             rows = cached(f"{d}|tpe|seed{s}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget))
-            res["traces"]["tpe"].append(BS.trace(rows, truth, args.budget))
+            record("tpe", rows)
             for k in TPE_AT:
                 pick = BS.pick_after(rows, k)
                 res["tpe_at"][k].append(truth["r_max"] - truth["rewards"][pick])
                 if d in truths2:
                     res["tpe_at_seed2"][k].append(truths2[d]["r_max"] - truths2[d]["rewards"][pick])
             rows = cached(f"{d}|random|seed{s}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget, optimizer="random"))
-            res["traces"]["random"].append(BS.trace(rows, truth, args.budget))
+            record("random", rows)
             if fixed_top:
                 warm = [(m, method, None) for m in fixed_top]
                 rows = cached(f"{d}|tpe+fixed|seed{s}|{'-'.join(fixed_top)}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget, proposals=warm))
-                res["traces"]["tpe+fixed"].append(BS.trace(rows, truth, args.budget))
+                record("tpe+fixed", rows)
             for p, ranked in zip(policies, proposals):
                 warm = [(q.mask.bitstring, q.method, q.lr) for q in ranked]
                 psig = "-".join(w[0] for w in warm)
                 rows = cached(f"{d}|tpe+policy|{p.path}|seed{s}|{psig}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget, proposals=warm))
-                res["traces"]["tpe+policy"].append(BS.trace(rows, truth, args.budget))
+                record("tpe+policy", rows)
             rows = cached(f"{d}|model|seed{s}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget, optimizer="model"))
-            res["traces"]["model"].append(BS.trace(rows, truth, args.budget))
+            record("model", rows)
         for prior in priors:  # deterministic given the prior: one run each
             psig = _signature((prior / "evaluations.csv").read_bytes().decode())
             rows = cached(f"{d}|model+prior|{prior}|{psig}|{sig}", lambda: run_tpe(env, tables, d, 0, args.budget, optimizer="model", prior=str(prior)))
-            res["traces"]["model+prior"].append(BS.trace(rows, truth, args.budget))
+            record("model+prior", rows)
             first = rows[0]["mask_bits"]  # rows in trial order: the first is asked with no evaluation of this dataset
             res["model_zero_shot"].append({"prior": str(prior), "mask_bits": first, "reward": truth["rewards"][first], "regret": truth["r_max"] - truth["rewards"][first], "rank": rank_of(truth, truth["rewards"][first])})
         if not fixed_top:
-            del res["traces"]["tpe+fixed"]
+            del res["traces"]["tpe+fixed"], res["picks_seed2"]["tpe+fixed"]
         if not priors:
-            del res["traces"]["model+prior"]
+            del res["traces"]["model+prior"], res["picks_seed2"]["model+prior"]
         per[d] = res
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -390,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     head = "| dataset | optimum | zero-shot regret (median; per policy) | zero-shot rank | reward model zero-shot regret [rank] | fixed regret [rank] | random regret [rank %] | " + " | ".join(f"TPE@{k} regret" for k in TPE_AT) + " | zero-shot ≤ TPE@16 |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     summary = {"zero_rank_pct": [], "zero_regret": [], "fixed_regret": [], "beats_tpe16": 0, "model_regret": [], "model_rank_pct": [], "model_beats_tpe16": 0}
-    summary2 = {"zero_rank_pct": [], "zero_regret": [], "fixed_regret": [], "beats_tpe16": 0}  # the same goals on the second seed
+    summary2: dict = {"zero_rank_pct": [], "zero_regret": [], "fixed_regret": [], "beats_tpe16": 0, "few_shot": []}  # the same goals on the second seed
     for d, res in per.items():
         truth = truths[d]
         n = truth["masks"]
@@ -456,6 +480,39 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                 + f" | {'yes' if beats else 'no'} |"
             )
         lines.append("")
+        methods2 = list(per[next(iter(truths2))]["picks_seed2"])
+        lines.append(
+            f"Few-shot on the second seed: median regret there of each method's pick (its best by the first seed's numbers) after {', '.join(map(str, TPE_AT))} "
+            "distinct evaluations; the last row is the mean over these datasets:"
+        )
+        lines.append("")
+        head4 = "| dataset | " + " | ".join(f"{m} @{'/'.join(map(str, TPE_AT))}" for m in methods2) + " |"
+        lines += [head4, "|" + "---|" * (head4.count("|") - 1)]
+        means: dict[str, list[list[float]]] = {m: [] for m in methods2}
+        for d in truths2:
+            cells = []
+            for m in methods2:
+                med = [float(np.median([p[k] for p in per[d]["picks_seed2"][m]])) for k in TPE_AT]
+                means[m].append(med)
+                cells.append(" / ".join(f"{x:.2f}" for x in med))
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
+        if len(truths2) > 1:
+            lines.append("| **mean** | " + " | ".join(" / ".join(f"{x:.2f}" for x in np.mean(means[m], axis=0)) for m in methods2) + " |")
+        lines.append("")
+        # pooled over datasets: each run's regret divided by its table's expected regret of a random mask
+        norm2: dict[str, dict[int, list[float]]] = {m: {k: [] for k in TPE_AT} for m in methods2}
+        for d, t2 in truths2.items():
+            scale = t2["r_max"] - float(np.mean(list(t2["rewards"].values())))
+            for m in methods2:
+                for pk in per[d]["picks_seed2"][m]:
+                    for k in TPE_AT:
+                        norm2[m][k].append(pk[k] / scale if scale > 0 else 0.0)
+        for other in ("tpe", "tpe+fixed"):
+            if "tpe+policy" in norm2 and other in norm2:
+                summary2["few_shot"].append(
+                    f"tpe+policy vs {other}, normalised regret of the pick on the second seed (one-sided Mann-Whitney over the runs of {len(truths2)} dataset(s)): "
+                    + "; ".join(f"@{k} {held_out_comparison(norm2['tpe+policy'][k], norm2[other][k])}" for k in TPE_AT)
+                )
         lines.append(
             "On the mean of both seeds' rewards (a less noisy truth for the picks made without either seed's numbers: "
             "the zero-shot masks and the fixed mask; TPE picked by seed 0, so it is left out):"
@@ -494,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     if summary2["zero_regret"]:
         lines.append(f"- on the second evaluation seed ({len(summary2['zero_regret'])} dataset(s); TPE's picks scored on numbers it never saw):")
         lines += ["  " + x for x in zero_shot_goals(summary2["zero_rank_pct"], summary2["zero_regret"], summary2["fixed_regret"], summary2["beats_tpe16"], len(summary2["zero_regret"]), "TPE@16's pick")]
+        lines += [f"  - few-shot: {x}" for x in summary2["few_shot"]]
     if summary["model_regret"]:
         mm_, mr_ = float(np.mean(summary["model_regret"])), float(np.median(summary["model_rank_pct"]))
         fm_txt = f" vs best fixed mask {float(np.mean(summary['fixed_regret'])):.3f}" if summary["fixed_regret"] else ""

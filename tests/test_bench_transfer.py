@@ -422,6 +422,17 @@ def test_bench_transfer_scores_the_goals_again_on_a_second_seed(setup, tmp_path)
     assert float(row[5].split(" ")[0]) == pytest.approx(fixed2, abs=1e-3)
     beats = regret2 <= float(row[8]) + 1e-9
     assert row[9] == ("yes" if beats else "no")
+    # few-shot on the second seed: TPE's column is the TPE@k picks' regret of the first table, and every
+    # method's picks are its runs' best-by-seed-0 masks scored on seed 1
+    few2 = after.split("Few-shot on the second seed", 1)[1]
+    head = next(_cells(x) for x in few2.splitlines() if x.startswith("| dataset | tpe @"))
+    frow = next(_cells(x) for x in few2.splitlines() if x.startswith("| thick |"))
+    assert frow[1] == " / ".join(f"{float(row[c]):.2f}" for c in (6, 7, 8))
+    raw = json.loads((tmp_path / "out" / "bench_transfer.json").read_text())
+    fixed_runs = [r["rows"] for r in raw["runs"] if "|tpe+fixed|" in r["key"]]
+    want = [float(np.median([mod.picks_regret(rows, t2, (k,))[k] for rows in fixed_runs])) for k in mod.TPE_AT]
+    assert frow[head.index("tpe+fixed @4/8/16")] == " / ".join(f"{x:.2f}" for x in want)
+    assert "few-shot: tpe+policy vs tpe+fixed, normalised regret of the pick on the second seed" in text
     # the two-seed mean: the zero-shot and fixed masks scored on the mean of both tables
     tm = mod.two_seed_mean(t1, t2)
     mean_part = after.split("On the mean of both seeds", 1)[1]
@@ -451,3 +462,12 @@ def test_two_seed_mean_is_the_per_mask_mean():
     assert tm["rewards"] == {"01": -2.0, "10": -2.0, "11": -1.5}
     assert tm["r_max"] == -1.5 and tm["optimum_bits"] == ["11"] and tm["masks"] == 3
     assert mod.rank_of(tm, tm["rewards"]["01"]) == 2
+
+
+def test_held_out_comparison_needs_the_test():
+    mod = _module()
+    assert mod.held_out_comparison([0.1] * 5 + [0.2] * 5, [0.5] * 5 + [0.6] * 5).endswith("better (p = 0.000)")
+    assert "not shown better" in mod.held_out_comparison([0.1, 0.5], [0.2, 0.4])  # lower median, too few runs
+    assert "not shown better" in mod.held_out_comparison([0.3] * 4, [0.3] * 4)
+    rows = [{"mask_bits": "01", "reward": -1.0}, {"mask_bits": "10", "reward": -0.5}, {"mask_bits": "11", "reward": -2.0}]
+    assert mod.picks_regret(rows, {"r_max": 0.0, "rewards": {"01": -0.2, "10": -3.0, "11": -1.0}}, (1, 2, 3)) == {1: 0.2, 2: 3.0, 3: 3.0}
