@@ -15,6 +15,9 @@ Per dataset, with the table of the evaluation seed (``env.seed`` of ``--config``
 * **zero-shot**: the policy's deterministic mask for the dataset's descriptor (``memrl replay``
   without ``--budget``): its regret (``r_max - r``) and rank percentile (rank / masks; the optimum
   is 1/128), per policy seed, and their median;
+* **ensemble** (two or more policies): the zero-shot mask of the policies as one
+  (:class:`memrl.envs.ensemble.PolicyEnsemble`), by the ``mixture`` rule (averaged probabilities:
+  ``memrl replay``'s default) and the ``product`` rule; the goals are scored for the mixture;
 * **best fixed mask**: the single mask with the best mean reward over the *training* members'
   tables (what a user without a policy would pick from the same data): regret and rank;
 * **random**: a uniformly random mask's expected regret and rank percentile;
@@ -23,7 +26,9 @@ Per dataset, with the table of the evaluation seed (``env.seed`` of ``--config``
 * **few-shot** curves (best-so-far against distinct evaluations, ``--budget`` trials): TPE from
   scratch (``tpe``); TPE whose first ``--warm-k`` trials are the policy's most probable proposals
   (``tpe+policy``: ``memrl search --warm-start``, ``memrl replay --budget``), over every policy
-  seed and sampler seed; TPE whose first trials are the ``--warm-k`` best fixed masks
+  seed and sampler seed; with two or more policies, TPE warm-started with their ensemble's
+  (``mixture``: averaged probabilities, ``memrl replay --policy A B C``) most probable proposals
+  (``tpe+ensemble``); TPE whose first trials are the ``--warm-k`` best fixed masks
   (``tpe+fixed``: the fair control for a warm start); and uniform random search. "Within 2%" is a
   normalised score ``(r - r_min) / (r_max - r_min) >= 0.98``; the table gives the median number of
   distinct evaluations to get there (">" where more than half the runs did not within the budget);
@@ -68,9 +73,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RESULTS_NAME = "bench_transfer"
 TPE_AT = (4, 8, 16)
-FEW_SHOT = ("tpe", "tpe+policy", "tpe+fixed", "model+prior", "model", "random")
-COLORS = {"tpe": "tab:blue", "tpe+policy": "tab:red", "tpe+fixed": "tab:green", "model+prior": "tab:purple", "model": "tab:orange", "random": "tab:gray"}
-STYLES = {"tpe": "--", "tpe+policy": "-", "tpe+fixed": "-.", "model+prior": "-", "model": "--", "random": ":"}
+FEW_SHOT = ("tpe", "tpe+policy", "tpe+ensemble", "tpe+fixed", "model+prior", "model", "random")
+#: How the ensemble of the --policies combines them: the first is its zero-shot and warm-start rule (memrl replay's default), the others are reported beside it.
+ENSEMBLE_RULES = ("mixture", "product")
+COLORS = {"tpe": "tab:blue", "tpe+policy": "tab:red", "tpe+ensemble": "tab:brown", "tpe+fixed": "tab:green", "model+prior": "tab:purple", "model": "tab:orange", "random": "tab:gray"}
+STYLES = {"tpe": "--", "tpe+policy": "-", "tpe+ensemble": "-", "tpe+fixed": "-.", "model+prior": "-", "model": "--", "random": ":"}
 
 
 def _bench_search():  # noqa: ANN202
@@ -196,6 +203,11 @@ def zero_shot_goals(rank_pct: list[float], regret: list[float], fixed_regret: li
     return out
 
 
+def ensemble_cell(picks: dict[str, dict], regret: str = "regret", rank: str = "rank") -> str:
+    """The ensemble's zero-shot regret [rank] per rule, ``mixture; product``."""
+    return "; ".join(f"{z[regret]:.3f} [{z[rank]}]" for z in picks.values()) if picks else "n/a"
+
+
 def hits_median(traces: list[dict], budget: int) -> str:
     q = BS.quantiles([t["hit"] for t in traces], budget)
     return f"{BS._fmt_q(q[1], budget)} [{BS._fmt_q(q[0], budget)}, {BS._fmt_q(q[2], budget)}]"
@@ -300,6 +312,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     if not truths:
         print(f"error: no test dataset has a complete table under {tables}: tables pending", file=sys.stderr)
         return 2
+    ensembles = {}
+    if len(policies) > 1:
+        from memrl.envs.ensemble import PolicyEnsemble
+
+        try:
+            ensembles = {rule: PolicyEnsemble(policies, rule) for rule in ENSEMBLE_RULES}
+        except MemrlError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     priors = [Path(p) for p in (args.priors if args.priors is not None else [Path(q.path).parent for q in policies])]
     trained_on = sorted({d for p in policies for d in p.env.datasets})
     leaked = sorted(set(truths) & set(trained_on))
@@ -360,6 +381,18 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                 z["regret_seed2"] = t2["r_max"] - t2["rewards"][bits]
                 z["rank_seed2"] = rank_of(t2, t2["rewards"][bits])
             res["zero_shot"].append(z)
+        res["ensemble_zero_shot"] = {}
+        ens_ranked = None
+        for rule, ens in ensembles.items():
+            ranked = ens.ranked(ev, ens.describe(ev, data), k=args.warm_k)
+            if rule == ENSEMBLE_RULES[0]:
+                ens_ranked = ranked
+            bits = ranked[0].mask.bitstring
+            z = {"mask_bits": bits, "regret": truth["r_max"] - truth["rewards"][bits], "rank": rank_of(truth, truth["rewards"][bits])}
+            if d in truths2:
+                t2 = truths2[d]
+                z["regret_seed2"], z["rank_seed2"] = t2["r_max"] - t2["rewards"][bits], rank_of(t2, t2["rewards"][bits])
+            res["ensemble_zero_shot"][rule] = z
         # few-shot runs
         for s in range(args.seeds):
             rows = cached(f"{d}|tpe|seed{s}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget))
@@ -380,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                 psig = "-".join(w[0] for w in warm)
                 rows = cached(f"{d}|tpe+policy|{p.path}|seed{s}|{psig}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget, proposals=warm))
                 record("tpe+policy", rows)
+            if ens_ranked is not None:
+                warm = [(q.mask.bitstring, q.method, q.lr) for q in ens_ranked]
+                rows = cached(f"{d}|tpe+ensemble|seed{s}|{'-'.join(w[0] for w in warm)}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget, proposals=warm))
+                record("tpe+ensemble", rows)
             rows = cached(f"{d}|model|seed{s}|{sig}", lambda: run_tpe(env, tables, d, s, args.budget, optimizer="model"))
             record("model", rows)
         for prior in priors:  # deterministic given the prior: one run each
@@ -390,6 +427,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             res["model_zero_shot"].append({"prior": str(prior), "mask_bits": first, "reward": truth["rewards"][first], "regret": truth["r_max"] - truth["rewards"][first], "rank": rank_of(truth, truth["rewards"][first])})
         if not fixed_top:
             del res["traces"]["tpe+fixed"], res["picks_seed2"]["tpe+fixed"]
+        if ens_ranked is None:
+            del res["traces"]["tpe+ensemble"], res["picks_seed2"]["tpe+ensemble"]
         if not priors:
             del res["traces"]["model+prior"], res["picks_seed2"]["model+prior"]
         per[d] = res
@@ -411,10 +450,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         f"Few-shot: {args.budget} trials, sampler seeds 0..{args.seeds - 1}, warm starts of {args.warm_k}."
     )
     lines.append("")
-    head = "| dataset | optimum | zero-shot regret (median; per policy) | zero-shot rank | reward model zero-shot regret [rank] | fixed regret [rank] | random regret [rank %] | " + " | ".join(f"TPE@{k} regret" for k in TPE_AT) + " | zero-shot ≤ TPE@16 |"
+    ens_head = f" ensemble regret [rank] ({'; '.join(ensembles)}) |" if ensembles else ""
+    head = f"| dataset | optimum | zero-shot regret (median; per policy) | zero-shot rank |{ens_head} reward model zero-shot regret [rank] | fixed regret [rank] | random regret [rank %] | " + " | ".join(f"TPE@{k} regret" for k in TPE_AT) + " | zero-shot ≤ TPE@16 |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     summary = {"zero_rank_pct": [], "zero_regret": [], "fixed_regret": [], "beats_tpe16": 0, "model_regret": [], "model_rank_pct": [], "model_beats_tpe16": 0}
     summary2: dict = {"zero_rank_pct": [], "zero_regret": [], "fixed_regret": [], "beats_tpe16": 0, "few_shot": []}  # the same goals on the second seed
+    ens_sum = {rule: {"rank_pct": [], "regret": [], "beats": 0} for rule in ensembles}
+    ens_sum2 = {rule: {"rank_pct": [], "regret": [], "beats": 0} for rule in ensembles}
+    ens_sum_mean = {rule: {"regret": [], "fixed": []} for rule in ensembles}
     for d, res in per.items():
         truth = truths[d]
         n = truth["masks"]
@@ -427,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         summary["zero_rank_pct"].append(float(np.median(zk)) / n)
         summary["zero_regret"].append(float(np.median(zr)))
         summary["beats_tpe16"] += int(beats)
+        for rule, z in res["ensemble_zero_shot"].items():
+            ens_sum[rule]["rank_pct"].append(z["rank"] / n)
+            ens_sum[rule]["regret"].append(z["regret"])
+            ens_sum[rule]["beats"] += int(z["regret"] <= tpe[16])
+        ens_txt = f" {ensemble_cell(res['ensemble_zero_shot'])} |" if ensembles else ""
         if fixed_r is not None:
             summary["fixed_regret"].append(truth["r_max"] - fixed_r)
         fixed_txt = f"{truth['r_max'] - fixed_r:.3f} [{rank_of(truth, fixed_r)}]" if fixed_r is not None else "n/a"
@@ -441,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             model_txt = "n/a"
         lines.append(
             f"| {d} | {truth['r_max']:.3f} ({'; '.join(truth['optimum_bits'])}) | {np.median(zr):.3f} ({', '.join(f'{x:.2f}' for x in zr)}) | "
-            f"{np.median(zk):.0f} of {n} ({', '.join(str(x) for x in zk)}) | {model_txt} | {fixed_txt} | {rand_regret:.3f} [50%] | "
+            f"{np.median(zk):.0f} of {n} ({', '.join(str(x) for x in zk)}) |{ens_txt} {model_txt} | {fixed_txt} | {rand_regret:.3f} [50%] | "
             + " | ".join(f"{tpe[k]:.3f}" for k in TPE_AT)
             + f" | {'yes' if beats else 'no'} |"
         )
@@ -450,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         lines.append("On a second evaluation seed (picks scored on numbers their picker never saw):")
         lines.append("")
         head2 = (
-            "| dataset | optimum | zero-shot regret (median; per policy) | zero-shot rank | reward model zero-shot regret [rank] | fixed regret [rank] | "
+            f"| dataset | optimum | zero-shot regret (median; per policy) | zero-shot rank |{ens_head} reward model zero-shot regret [rank] | fixed regret [rank] | "
             + " | ".join(f"TPE@{k} pick's regret" for k in TPE_AT)
             + " | zero-shot ≤ TPE@16's pick |"
         )
@@ -464,6 +512,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             summary2["zero_regret"].append(float(np.median(zr2)))
             summary2["zero_rank_pct"].append(float(np.median(zk2)) / n2)
             summary2["beats_tpe16"] += int(beats)
+            for rule, z in res["ensemble_zero_shot"].items():
+                ens_sum2[rule]["rank_pct"].append(z["rank_seed2"] / n2)
+                ens_sum2[rule]["regret"].append(z["regret_seed2"])
+                ens_sum2[rule]["beats"] += int(z["regret_seed2"] <= tpe16)
+            ens_txt = f" {ensemble_cell(res['ensemble_zero_shot'], 'regret_seed2', 'rank_seed2')} |" if ensembles else ""
             fixed_txt = "n/a"
             if fixed:
                 fr = t2["r_max"] - t2["rewards"][fixed[0][0]]
@@ -475,7 +528,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             )
             lines.append(
                 f"| {d} | {t2['r_max']:.3f} ({'; '.join(t2['optimum_bits'])}) | {np.median(zr2):.3f} ({', '.join(f'{x:.2f}' for x in zr2)}) | "
-                f"{np.median(zk2):.0f} of {n2} ({', '.join(str(x) for x in zk2)}) | {model_txt} | {fixed_txt} | "
+                f"{np.median(zk2):.0f} of {n2} ({', '.join(str(x) for x in zk2)}) |{ens_txt} {model_txt} | {fixed_txt} | "
                 + " | ".join(f"{np.median(res['tpe_at_seed2'][k]):.3f}" for k in TPE_AT)
                 + f" | {'yes' if beats else 'no'} |"
             )
@@ -507,18 +560,19 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                 for pk in per[d]["picks_seed2"][m]:
                     for k in TPE_AT:
                         norm2[m][k].append(pk[k] / scale if scale > 0 else 0.0)
-        for other in ("tpe", "tpe+fixed"):
-            if "tpe+policy" in norm2 and other in norm2:
+        for ours, other in (("tpe+policy", "tpe"), ("tpe+policy", "tpe+fixed"), ("tpe+ensemble", "tpe"), ("tpe+ensemble", "tpe+fixed")):
+            if ours in norm2 and other in norm2:
                 summary2["few_shot"].append(
-                    f"tpe+policy vs {other}, normalised regret of the pick on the second seed (one-sided Mann-Whitney over the runs of {len(truths2)} dataset(s)): "
-                    + "; ".join(f"@{k} {held_out_comparison(norm2['tpe+policy'][k], norm2[other][k])}" for k in TPE_AT)
+                    f"{ours} vs {other}, normalised regret of the pick on the second seed (one-sided Mann-Whitney over the runs of {len(truths2)} dataset(s)): "
+                    + "; ".join(f"@{k} {held_out_comparison(norm2[ours][k], norm2[other][k])}" for k in TPE_AT)
                 )
         lines.append(
             "On the mean of both seeds' rewards (a less noisy truth for the picks made without either seed's numbers: "
             "the zero-shot masks and the fixed mask; TPE picked by seed 0, so it is left out):"
         )
         lines.append("")
-        lines += ["| dataset | optimum | zero-shot regret (median; per policy) | zero-shot rank | reward model zero-shot regret [rank] | fixed regret [rank] |", "|---|---|---|---|---|---|"]
+        head5 = f"| dataset | optimum | zero-shot regret (median; per policy) | zero-shot rank |{ens_head} reward model zero-shot regret [rank] | fixed regret [rank] |"
+        lines += [head5, "|" + "---|" * (head5.count("|") - 1)]
         for d, t2 in truths2.items():
             tm = two_seed_mean(truths[d], t2)
             zb = [z["mask_bits"] for z in per[d]["zero_shot"]]
@@ -527,9 +581,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             mz = [z["mask_bits"] for z in per[d]["model_zero_shot"]]
             model_txt = f"{np.median([tm['r_max'] - tm['rewards'][b] for b in mz]):.3f} [{np.median([rank_of(tm, tm['rewards'][b]) for b in mz]):.0f}]" if mz else "n/a"
             fixed_txt = f"{tm['r_max'] - tm['rewards'][fixed[0][0]]:.3f} [{rank_of(tm, tm['rewards'][fixed[0][0]])}]" if fixed else "n/a"
+            em = {}
+            for rule, z in per[d]["ensemble_zero_shot"].items():
+                em[rule] = {"regret": tm["r_max"] - tm["rewards"][z["mask_bits"]], "rank": rank_of(tm, tm["rewards"][z["mask_bits"]])}
+                ens_sum_mean[rule]["regret"].append(em[rule]["regret"])
+                if fixed:
+                    ens_sum_mean[rule]["fixed"].append(tm["r_max"] - tm["rewards"][fixed[0][0]])
+            ens_txt = f" {ensemble_cell(em)} |" if ensembles else ""
             lines.append(
                 f"| {d} | {tm['r_max']:.3f} ({'; '.join(tm['optimum_bits'])}) | {np.median(zr):.3f} ({', '.join(f'{x:.2f}' for x in zr)}) | "
-                f"{np.median(zk):.0f} of {tm['masks']} ({', '.join(str(x) for x in zk)}) | {model_txt} | {fixed_txt} |"
+                f"{np.median(zk):.0f} of {tm['masks']} ({', '.join(str(x) for x in zk)}) |{ens_txt} {model_txt} | {fixed_txt} |"
             )
         lines.append("")
     lines.append("Few-shot: distinct evaluations to within 2% of the optimum, median [IQR] over runs (runs = sampler seeds, times policies for tpe+policy; one per prior for model+prior):")
@@ -552,6 +613,17 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         lines.append(f"- on the second evaluation seed ({len(summary2['zero_regret'])} dataset(s); TPE's picks scored on numbers it never saw):")
         lines += ["  " + x for x in zero_shot_goals(summary2["zero_rank_pct"], summary2["zero_regret"], summary2["fixed_regret"], summary2["beats_tpe16"], len(summary2["zero_regret"]), "TPE@16's pick")]
         lines += [f"  - few-shot: {x}" for x in summary2["few_shot"]]
+    for rule in ensembles:
+        e = ens_sum[rule]
+        lines.append(f"- ensemble of the {len(policies)} policies ({rule}{', the zero-shot rule of memrl replay' if rule == ENSEMBLE_RULES[0] else ''}), evaluation seed {env.seed}:")
+        lines += ["  " + x for x in zero_shot_goals(e["rank_pct"], e["regret"], summary["fixed_regret"], e["beats"], len(per))]
+        if ens_sum2[rule]["regret"]:
+            e2 = ens_sum2[rule]
+            lines.append(f"  - on the second evaluation seed ({len(e2['regret'])} dataset(s)):")
+            lines += ["    " + x for x in zero_shot_goals(e2["rank_pct"], e2["regret"], summary2["fixed_regret"], e2["beats"], len(e2["regret"]), "TPE@16's pick")]
+            em = ens_sum_mean[rule]
+            if em["fixed"]:
+                lines.append(f"  - on the mean of both seeds: mean regret {float(np.mean(em['regret'])):.3f} vs best fixed mask {float(np.mean(em['fixed'])):.3f}")
     if summary["model_regret"]:
         mm_, mr_ = float(np.mean(summary["model_regret"])), float(np.median(summary["model_rank_pct"]))
         fm_txt = f" vs best fixed mask {float(np.mean(summary['fixed_regret'])):.3f}" if summary["fixed_regret"] else ""
@@ -570,6 +642,15 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     q_warm = BS.quantiles([t["hit"] for t in pooled["tpe+policy"]], args.budget)[1]
     q_tpe = BS.quantiles([t["hit"] for t in pooled["tpe"]], args.budget)[1]
     lines.append(f"- few-shot: tpe+policy median {BS._fmt_q(q_warm, args.budget)} vs tpe {BS._fmt_q(q_tpe, args.budget)} evaluations to within 2% -> {few_shot_verdict(pooled['tpe+policy'], pooled['tpe'], args.budget)}")
+    if "tpe+ensemble" in pooled:
+        q_ens = BS.quantiles([t["hit"] for t in pooled["tpe+ensemble"]], args.budget)[1]
+        lines.append(f"- few-shot: tpe+ensemble median {BS._fmt_q(q_ens, args.budget)} vs tpe {BS._fmt_q(q_tpe, args.budget)} evaluations to within 2% -> {few_shot_verdict(pooled['tpe+ensemble'], pooled['tpe'], args.budget)}")
+        if "tpe+fixed" in pooled:
+            q_fix = BS.quantiles([t["hit"] for t in pooled["tpe+fixed"]], args.budget)[1]
+            lines.append(
+                f"- control: tpe+ensemble median {BS._fmt_q(q_ens, args.budget)} vs tpe+fixed {BS._fmt_q(q_fix, args.budget)} "
+                f"-> {few_shot_verdict(pooled['tpe+ensemble'], pooled['tpe+fixed'], args.budget, goal='the ensemble warm start is better')}"
+            )
     if "tpe+fixed" in pooled:  # the fair control for a warm start: does the policy's warm start beat the fixed masks'?
         q_fix = BS.quantiles([t["hit"] for t in pooled["tpe+fixed"]], args.budget)[1]
         lines.append(
@@ -590,6 +671,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         )
     else:
         lines.append(f"- cost: training spent {cost_txt} real evaluations; the warm start saves none per new dataset here, so training does not pay for itself on this measure")
+    if "tpe+ensemble" in pooled:  # the ensemble costs every member's training
+        total = sum(costs.values())
+        saved_e = q_tpe[0] - q_ens[0]
+        if q_ens[1] or saved_e <= 0:
+            lines.append(f"- cost of the ensemble: {total} real evaluations of training (all {len(policies)} policies); its warm start saves none per new dataset that can be claimed here")
+        else:
+            lines.append(
+                f"- cost of the ensemble: {total} real evaluations of training (all {len(policies)} policies); its warm start saves {'at least ' if q_tpe[1] else ''}{saved_e:.1f} "
+                f"per new dataset against TPE, so it pays for itself after {'at most ' if q_tpe[1] else ''}{math.ceil(total / saved_e)} new datasets"
+            )
     lines.append("")
     png = out_dir / f"{RESULTS_NAME}.png"
     panels = []
@@ -598,6 +689,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         span = truth["r_max"] - truth["r_min"]
         z = float(np.median([(z["reward"] - truth["r_min"]) / span for z in res["zero_shot"]])) if span else 1.0
         marks = {"zero-shot policy": (z, "tab:red", "*")}
+        if res["ensemble_zero_shot"] and span:
+            marks["zero-shot ensemble"] = ((truth["rewards"][res["ensemble_zero_shot"][ENSEMBLE_RULES[0]]["mask_bits"]] - truth["r_min"]) / span, "tab:brown", "X")
         if res["model_zero_shot"]:
             marks["zero-shot reward model"] = (float(np.median([(z["reward"] - truth["r_min"]) / span for z in res["model_zero_shot"]])) if span else 1.0, "tab:purple", "P")
         if fixed:

@@ -174,11 +174,62 @@ def test_budget_zero_is_the_zero_shot_replay(policy, ranked, tmp_path, capsys):
     assert re.fullmatch(r"dataset digits/thick: policy mask \[[^\]]*\] \(lora, lr [0-9.e+-]+\), 0 search evaluations", lines[0]), lines[0]
     assert lines[1].startswith("  policy mask : FID ") and lines[2].startswith("  full FT     : FID ")
     rep = json.loads((out / "report.json").read_text())
-    assert set(rep) == OLD_KEYS | {"zero_shot", "search"}
+    assert set(rep) == OLD_KEYS | {"zero_shot", "search", "ensemble"} and rep["ensemble"] is None
     assert rep["search_evaluations"] == 0 and rep["search"] is None and rep["zero_shot"]["search_reward"] is None
     assert rep["mask_bits"] == rep["zero_shot"]["mask_bits"] == ranked[0].mask.bitstring
     assert rep["proposed_mask_bits"] == bits(ranked[0])
     assert not (out / "search").exists() and (out / "model").is_dir()
+
+
+@pytest.fixture(scope="module")
+def second_seed(full_table, quick_model_dir, tmp_path_factory):  # noqa: F811
+    """A second agent seed of the same config (train.seed=1): with `policy`, an ensemble."""
+    from memrl.cli import main
+
+    tmp = tmp_path_factory.mktemp("seed1")
+    run = tmp / "run"
+    assert main(["train", "--config", str(train_config(tmp, quick_model_dir[0])), "--out", str(run), "--lookup", str(full_table), "--set", "train.seed=1", "--no-progress", "--json"]) == 0
+    return run / "policy.zip"
+
+
+def test_an_ensemble_of_two_seeds_refines_from_its_proposals(policy, second_seed, quick_model_dir, tmp_path, capsys):
+    from memrl.cli import main
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.ensemble import load_policy
+    from memrl.evaluation import Evaluator
+
+    ens = load_policy([policy, second_seed], "product")
+    ev = Evaluator(quick_model_dir[0], granularity=ens.env.granularity)
+    top = ens.ranked(ev, ens.describe(ev, load_dataset("thick", ev.image_size, ev.image_channels)), k=2)
+    out = tmp_path / "out"
+    assert main(["replay", "--policy", str(policy), str(second_seed), "--ensemble", "product", "--dataset", "thick", "--out", str(out), "--budget", "2", "--no-progress", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["policy"] == [str(policy), str(second_seed)] and rep["ensemble"] == "product"
+    assert len(rep["descriptor"]) == 2  # one per policy, each in its own basis
+    assert rep["zero_shot"]["mask_bits"] == top[0].mask.bitstring
+    assert [r["proposed_mask_bits"] for r in rows(out / "search")] == [bits(p) for p in top]
+    saved = yaml.safe_load((out / "search" / "config.yaml").read_text())["search"]
+    assert saved["warm_start"] == [str(policy), str(second_seed)] and saved["warm_start_ensemble"] == "product"
+    assert rep["mask_bits"] == max(rows(out / "search"), key=lambda r: float(r["reward"]))["mask_bits"]
+
+
+@pytest.mark.parametrize(
+    "extra, msg",
+    [
+        (["--ensemble", "mixture"], "--ensemble combines several policies"),
+        (["--second", "--budget", "2", "--optimizer", "model"], "--optimizer model fits the reward model on one policy's training run"),
+    ],
+)
+def test_bad_ensemble_is_refused_before_anything_is_written(policy, second_seed, tmp_path, capsys, extra, msg):
+    from memrl.cli import main
+
+    out = tmp_path / "out"
+    more = [str(second_seed)] if "--second" in extra else []
+    extra = [e for e in extra if e != "--second"]
+    assert main(["replay", "--policy", str(policy), *more, "--dataset", "thick", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0], err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -221,5 +272,5 @@ def test_help_explains_the_budget_flags(capsys):
     with pytest.raises(SystemExit):
         main(["replay", "--help"])
     out = capsys.readouterr().out
-    for flag in ("--budget K", "--warm-start-k N", "--optimizer NAME"):
+    for flag in ("--budget K", "--warm-start-k N", "--optimizer NAME", "--policy POLICY [POLICY ...]", "--ensemble {mixture,product}"):
         assert flag in out, flag

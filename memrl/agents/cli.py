@@ -75,7 +75,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--budget K first spends K evaluations refining the policy's mask with a search warm-started with its top "
         "proposals (OUT/search/, a memrl search run); the best mask found goes to the fine-tune instead.",
     )
-    r.add_argument("--policy", required=True, help="RUN/policy.zip written by memrl train (config.yaml and descriptor.json must sit beside it)")
+    r.add_argument(
+        "--policy",
+        required=True,
+        nargs="+",
+        metavar="POLICY",
+        help="RUN/policy.zip written by memrl train (config.yaml and descriptor.json must sit beside it); two or more "
+        "(agent seeds of one config, e.g. train.seed=0,1,2) propose as an ensemble (--ensemble)",
+    )
+    r.add_argument(
+        "--ensemble",
+        default=None,
+        choices=("mixture", "product"),
+        help="how several --policy files combine: mixture (default: their action probabilities averaged, so one seed's "
+        "outlier is outvoted) or product (multiplied and normalised: a mask any of them finds unlikely loses)",
+    )
     r.add_argument("--dataset", required=True, help="built-in variant name, image folder (with metadata.csv/jsonl or .txt captions) or CSV of path + caption")
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--pretrained", "--model", dest="pretrained", default=None, help="base model folder (default: the one the policy was trained with); --model is an alias")
@@ -281,7 +295,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     budget = checked_count(args.budget, "--budget", 0, "search evaluations before Stage 2; 0: the policy's own mask")
     rep = replay(
-        args.policy,
+        args.policy[0] if len(args.policy) == 1 else args.policy,
         args.dataset,
         args.out,
         pretrained=args.pretrained,
@@ -294,6 +308,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         optimizer=args.optimizer,
         screen_steps=args.screen_steps,
         screen_eta=args.screen_eta,
+        ensemble=args.ensemble,
     )
     if args.json:
         print(json.dumps(rep))

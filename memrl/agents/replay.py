@@ -2,7 +2,9 @@
 (or, with ``--budget K``, K of them to refine the policy's proposal).
 
 1. Load the policy and its run folder (``config.yaml``, ``descriptor.json`` beside ``policy.zip``:
-   :class:`memrl.envs.policy.TrainedPolicy`) and check it fits the model's units.
+   :class:`memrl.envs.policy.TrainedPolicy`) and check it fits the model's units. Several policies
+   (agent seeds of one config) propose as one (:class:`memrl.envs.ensemble.PolicyEnsemble`: their
+   action distributions averaged, ``ensemble="mixture"``, or multiplied, ``"product"``).
 2. Describe the new dataset and ask the policy for its deterministic mask (and method / lr): the
    zero-shot proposal.
 3. With ``budget`` K > 0 (few-shot refinement): spend K real evaluations on the new dataset with the
@@ -30,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from memrl.agents.config import TrainConfig
+from memrl.envs.ensemble import ENSEMBLE_RULES, PolicyEnsemble, load_policy
 from memrl.envs.policy import TrainedPolicy
 from memrl.errors import MemrlError
 from memrl.metrics.names import SUMMARY_METRICS
@@ -60,7 +63,7 @@ def checked_count(value: Any, flag: str, minimum: int, what: str = "") -> int:
     return n
 
 
-def refinement_config(policy: TrainedPolicy, dataset: str, pretrained: str, budget: int, optimizer: str, warm_start_k: int, out: Path, device: str, feature_net: str | None = None, screen_steps: int | None = None, screen_eta: int | None = None):  # noqa: ANN201
+def refinement_config(policy: TrainedPolicy | PolicyEnsemble, dataset: str, pretrained: str, budget: int, optimizer: str, warm_start_k: int, out: Path, device: str, feature_net: str | None = None, screen_steps: int | None = None, screen_eta: int | None = None):  # noqa: ANN201
     """The :class:`memrl.search.config.SearchConfig` of ``replay --budget``: the policy's env
     settings on ``dataset`` (the evaluation it was trained on), warm-started with the policy itself,
     its cache the replay's (``OUT/evaluations.sqlite``), no final pictures (Stage 2 makes them).
@@ -74,6 +77,8 @@ def refinement_config(policy: TrainedPolicy, dataset: str, pretrained: str, budg
         start: dict = {"prior": str(Path(policy.path).parent)}
     else:
         start = {"warm_start": str(policy.path), "warm_start_k": warm_start_k}
+        if isinstance(policy, PolicyEnsemble):
+            start.update(warm_start=[str(p) for p in policy.paths], warm_start_ensemble=policy.rule)
     if screen_eta is not None:
         start["screen_eta"] = screen_eta
     settings = SearchSettings(optimizer=optimizer, budget=budget, dataset=dataset, final_pictures=False, screen_steps=screen_steps, **start)
@@ -121,7 +126,7 @@ def save_finetuned(ft, out: Path) -> dict:  # noqa: ANN001
 
 
 def replay(
-    policy: str | Path,
+    policy: str | Path | list[str | Path],
     dataset: str,
     out: str | Path,
     pretrained: str | None = None,
@@ -134,6 +139,7 @@ def replay(
     feature_net: str | None = None,
     screen_steps: int | str | None = None,
     screen_eta: int | str | None = None,
+    ensemble: str | None = None,
 ) -> dict:
     """Apply ``policy`` to ``dataset`` and write ``OUT`` (see the module docstring); returns the report.
 
@@ -143,7 +149,8 @@ def replay(
     policy's ``env.feature_net``, the one its descriptor basis was fitted with); ``screen_steps`` /
     ``screen_eta``: multi-fidelity refinement, every search trial first screened with a fine-tune
     of that many steps and only about one in ``screen_eta`` evaluated in full (the budget counts
-    trials, each one screen). Every input is checked before ``OUT`` is created.
+    trials, each one screen); ``ensemble``: with several policies, how their distributions combine
+    (``mixture``, the default, or ``product``). Every input is checked before ``OUT`` is created.
     """
     from memrl.data.loaders import load_dataset
     from memrl.evaluation import Evaluator
@@ -168,7 +175,14 @@ def replay(
     screen_eta = checked_count(screen_eta, "--screen-eta", 2, "one screened trial in ETA gets the full budget") if screen_eta is not None else None
     if optimizer == "model":
         k = 0
-    tp = TrainedPolicy.load(policy)
+    several = not isinstance(policy, (str, Path)) and len(list(policy)) > 1
+    if ensemble is not None and ensemble not in ENSEMBLE_RULES:
+        raise MemrlError(f"--ensemble {ensemble!r} is not a rule; valid: {', '.join(ENSEMBLE_RULES)}")
+    if ensemble is not None and not several:
+        raise MemrlError("--ensemble combines several policies: give two or more --policy files")
+    if several and optimizer == "model":
+        raise MemrlError("--optimizer model fits the reward model on one policy's training run (its --prior): give one --policy, or refine an ensemble with tpe or random")
+    tp = load_policy(policy, ensemble or "mixture")
     env_cfg = tp.env
     out = Path(out)
     if feature_net is not None:
@@ -248,7 +262,8 @@ def replay(
     result.update(compute_reward(result, ref, ecfg.reward))
     report = {
         "dataset": data.name,
-        "policy": str(policy),
+        "policy": [str(p) for p in tp.paths] if several else str(policy if isinstance(policy, (str, Path)) else list(policy)[0]),
+        "ensemble": tp.rule if several else None,
         "search_evaluations": spent,
         "mask": str(mask),
         "mask_units": list(mask.selected),
@@ -258,7 +273,7 @@ def replay(
         "method": method,
         "lr": ecfg.finetune.resolved_lr(),
         "stage2": {"data_size_ratio": 1.0, "n_repeats": n_repeats, "steps": ecfg.finetune.steps, "n_mem_probe": ecfg.finetune.n_mem},
-        "descriptor": desc.tolist(),
+        "descriptor": [d.tolist() for d in desc] if several else desc.tolist(),  # an ensemble: one per policy, in its basis
         "metrics": result,
         "full_finetune": {k_: ref[k_] for k_ in REFERENCE_KEYS},
         "vs_full": {

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -236,21 +236,29 @@ class TrainedPolicy:
         total = n_actions([len(t) for t in tables])
         width = total if total <= ENUMERATE_LIMIT else min(BEAM_LIMIT, max(BEAM_START, 4 * (k or BEAM_LIMIT)))
         while True:
-            out, seen = [first], {first.key}
-            candidates = _enumerate(tables) if total <= ENUMERATE_LIMIT else _beam(tables, width)
-            for action, logp in candidates:
-                if k is not None and len(out) >= k:
-                    break
-                p = self._proposal(evaluator, action, logp)
-                if p.key not in seen:
-                    seen.add(p.key)
-                    out.append(p)
+            candidates = joint_by_probability(tables) if total <= ENUMERATE_LIMIT else joint_beam(tables, width)
+            out = distinct(first, candidates, lambda a, lp: self._proposal(evaluator, a, lp), k)
             if total <= ENUMERATE_LIMIT or (k is not None and len(out) >= k) or width >= BEAM_LIMIT:
                 return out
             width = min(BEAM_LIMIT, 4 * width)
 
 
-def _enumerate(tables: list[np.ndarray]) -> Iterator[tuple[list[int], float]]:
+def distinct(first: Proposal, candidates: Iterable[tuple[list[int], float]], propose: Callable[[list[int], float], Proposal], k: int | None) -> list[Proposal]:
+    """``first``, then the proposals of ``candidates`` (actions with their log-probabilities, most
+    probable first) whose key is new, up to ``k`` in all (``None``: every one): each group of
+    actions that train the same thing is represented by its most probable action."""
+    out, seen = [first], {first.key}
+    for action, logp in candidates:
+        if k is not None and len(out) >= k:
+            break
+        p = propose(action, logp)
+        if p.key not in seen:
+            seen.add(p.key)
+            out.append(p)
+    return out
+
+
+def joint_by_probability(tables: list[np.ndarray]) -> Iterator[tuple[list[int], float]]:
     """Every joint action with its log-probability, most probable first (ties: in action order)."""
     dims = [len(t) for t in tables]
     joint = np.zeros(())
@@ -261,7 +269,7 @@ def _enumerate(tables: list[np.ndarray]) -> Iterator[tuple[list[int], float]]:
         yield [int(a) for a in np.unravel_index(int(idx), dims)], float(flat[idx])
 
 
-def _beam(tables: list[np.ndarray], width: int) -> Iterator[tuple[list[int], float]]:
+def joint_beam(tables: list[np.ndarray], width: int) -> Iterator[tuple[list[int], float]]:
     """The ``width`` most probable joint actions, most probable first: a beam over the dimensions
     (exact, the dimensions being independent: a prefix of a top-``width`` action is among the
     top-``width`` prefixes, or ``width`` prefixes with its suffix would beat it)."""
@@ -277,4 +285,4 @@ def _beam(tables: list[np.ndarray], width: int) -> Iterator[tuple[list[int], flo
         yield [int(x) for x in a], float(s)
 
 
-__all__ = ["BEAM_LIMIT", "ENUMERATE_LIMIT", "Proposal", "TrainedPolicy"]
+__all__ = ["BEAM_LIMIT", "BEAM_START", "ENUMERATE_LIMIT", "Proposal", "TrainedPolicy", "distinct", "joint_beam", "joint_by_probability"]

@@ -18,6 +18,7 @@ FLAG_KEYS = (
     ("--lookup", "lookup", "search.lookup"),
     ("--warm-start", "warm_start", "search.warm_start"),
     ("--warm-start-k", "warm_start_k", "search.warm_start_k"),
+    ("--warm-start-ensemble", "warm_start_ensemble", "search.warm_start_ensemble"),
     ("--ground-truth", "ground_truth", "search.ground_truth"),
     ("--screen-steps", "screen_steps", "search.screen_steps"),
     ("--screen-eta", "screen_eta", "search.screen_eta"),
@@ -75,11 +76,20 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--warm-start",
         default=None,
+        nargs="+",
         metavar="POLICY",
         help="RUN/policy.zip of memrl train (config.yaml and descriptor.json beside it): the policy's most probable proposals on "
         "the dataset (distinct in what they train, its own deterministic mask first) are the first trials, then the optimizer "
-        "takes over; tpe, random and nsga2 only. Checked against the model's units before the run folder is written; "
+        "takes over; tpe, random and nsga2 only. Two or more policies (agent seeds of one config) propose as an ensemble "
+        "(--warm-start-ensemble). Checked against the model's units before the run folder is written; "
         "enqueued once (--resume does not enqueue again); like --set search.warm_start=POLICY",
+    )
+    p.add_argument(
+        "--warm-start-ensemble",
+        default=None,
+        choices=("mixture", "product"),
+        help="how several --warm-start policies combine: mixture (default: their probabilities averaged) or product "
+        "(multiplied and normalised: a mask any of them finds unlikely loses); like --set search.warm_start_ensemble=RULE",
     )
     p.add_argument("--warm-start-k", type=int, default=None, metavar="K", help="how many of the --warm-start policy's proposals to enqueue (default 4; at most the budget); like --set search.warm_start_k=K")
     p.add_argument(
@@ -146,6 +156,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise MemrlError(f"--budget must be >= 1, got {args.budget}")
     if args.warm_start_k is not None and args.warm_start_k < 1:
         raise MemrlError(f"--warm-start-k must be >= 1, got {args.warm_start_k}")
+    if args.warm_start is not None and len(args.warm_start) == 1:
+        args.warm_start = args.warm_start[0]  # one policy: saved as a path, as before
     if args.device == "auto":
         import torch
 
@@ -175,6 +187,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         cfg.dataset()  # one dataset, named or implied
         if args.warm_start_k is not None and not cfg.search.warm_start:
             raise MemrlError("--warm-start-k needs --warm-start POLICY (or search.warm_start in the config): the proposals come from a trained policy")
+        if args.warm_start_ensemble is not None and not isinstance(cfg.search.warm_start, list):
+            raise MemrlError("--warm-start-ensemble combines several policies: give two or more --warm-start POLICY files (or a list in search.warm_start)")
     from memrl.search.run import search
 
     echo = (lambda _s: None) if args.json else print
@@ -214,10 +228,19 @@ def _resume_budget(args: argparse.Namespace, flat: dict) -> int | None:
         if value is None or key == "search.budget":
             continue
         section, name = key.split(".")
-        if key == "search.warm_start" and saved[section].get(name) and Path(value).expanduser().resolve() == Path(saved[section][name]).expanduser().resolve():
-            continue  # the same policy file, spelled another way
+        if key == "search.warm_start" and saved[section].get(name) and _same_files(value, saved[section][name]):
+            continue  # the same policy file(s), spelled another way
         if saved[section].get(name) != value:
             diffs.append(f"{flag} is {value!r} but {key} is {saved[section].get(name)!r} in the run")
     if diffs:
         raise MemrlError(f"cannot resume {args.out} with different settings: {'; '.join(diffs)}; resume without them, or start a new run with another --out")
     return budget
+
+
+def _same_files(given: "str | list[str]", saved: "str | list[str]") -> bool:
+    """Whether two ``warm_start`` values name the same policy files in the same order."""
+    from pathlib import Path
+
+    a = [given] if isinstance(given, str) else list(given)
+    b = [saved] if isinstance(saved, str) else list(saved)
+    return len(a) == len(b) and all(Path(x).expanduser().resolve() == Path(y).expanduser().resolve() for x, y in zip(a, b))

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from memrl.envs.config import EnvConfig
+from memrl.envs.ensemble import ENSEMBLE_RULES
 from memrl.errors import MemrlError
 from memrl.evaluation.surrogate import TARGETS
 from memrl.search.optimizers import OPTIMIZERS
@@ -61,8 +62,13 @@ class SearchSettings:
     #: A trained policy (``RUN/policy.zip`` of ``memrl train``, its run folder beside it): its
     #: ``warm_start_k`` most probable proposals on the dataset, distinct in what they train, are
     #: enqueued as the first trials (:class:`memrl.envs.policy.TrainedPolicy`). Enqueued once, when
-    #: the run starts (``--resume`` does not enqueue again). Not with ``exhaustive``.
-    warm_start: str | None = None
+    #: the run starts (``--resume`` does not enqueue again). Not with ``exhaustive``. A list of
+    #: two or more policies (agent seeds of one config) warm-starts with their ensemble's
+    #: proposals (:class:`memrl.envs.ensemble.PolicyEnsemble`, combined by ``warm_start_ensemble``).
+    warm_start: str | list[str] | None = None
+    #: How an ensemble ``warm_start`` combines its policies: ``mixture`` (their probabilities
+    #: averaged) or ``product`` (multiplied and normalised).
+    warm_start_ensemble: str = "mixture"
     #: How many of the policy's proposals ``warm_start`` enqueues (at most the budget).
     warm_start_k: int = 4
     #: A folder of lookup tables holding every mask for the dataset with the run's settings (an
@@ -122,8 +128,15 @@ class SearchSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigError(where, f"'{name}' must be a number >= 0 (0: the model's best mean), got {value!r}")
-        if self.warm_start is not None and not self.warm_start.strip():
+        if isinstance(self.warm_start, list):
+            if not self.warm_start or any(not w.strip() for w in self.warm_start):
+                raise ConfigError(where, f"'warm_start' {self.warm_start!r} holds no policy or an empty path; give policy.zip files written by memrl train (or leave it out)")
+            if len(self.warm_start) == 1:
+                self.warm_start = self.warm_start[0]  # one policy: no ensemble
+        elif self.warm_start is not None and not self.warm_start.strip():
             raise ConfigError(where, "'warm_start' is empty; give the path of a policy.zip written by memrl train (or leave it out)")
+        if self.warm_start_ensemble not in ENSEMBLE_RULES:
+            raise ConfigError(where, f"unknown warm_start_ensemble {self.warm_start_ensemble!r}; valid: {', '.join(ENSEMBLE_RULES)}")
         if self.warm_start is not None and not OPTIMIZERS[self.optimizer].warm_start:
             able = ", ".join(o.name for o in OPTIMIZERS.values() if o.warm_start)
             raise ConfigError(

@@ -270,10 +270,11 @@ def warm_start_trials(cfg: SearchConfig, ev: MaskEvaluator, data, optimizer: Opt
         raise MemrlError(f"a warm start needs an optimizer that takes enqueued trials ({able}): {optimizer.name} visits every mask once in a fixed order")
     env, units = cfg.env, list(ev.units)
     if proposals is None:
-        from memrl.envs.policy import TrainedPolicy
+        from memrl.envs.ensemble import load_policy
 
-        source = str(cfg.search.warm_start)
-        policy = TrainedPolicy.load(source)
+        ws = cfg.search.warm_start
+        source = f"{cfg.search.warm_start_ensemble} ensemble of {', '.join(ws)}" if isinstance(ws, list) else str(ws)
+        policy = load_policy(ws, cfg.search.warm_start_ensemble)
         policy.check_fits(ev)
         proposals = policy.ranked(ev, policy.describe(ev, data), k=cfg.search.warm_start_k)
         where = f"--warm-start {source}: the policy's proposal"
