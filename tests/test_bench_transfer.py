@@ -528,3 +528,56 @@ def test_bench_transfer_scores_the_ensemble_of_the_policies(setup, tmp_path):
     assert len(ens_runs) == 2 and all([x["mask_bits"] for x in r["rows"][:2]] == [p.mask.bitstring for p in picks["mixture"]] for r in ens_runs)
     few = next(_cells(x) for x in text.splitlines() if x.startswith("| dataset | tpe |"))
     assert few[1:] == ["tpe", "tpe+policy", "tpe+ensemble", "tpe+fixed", "model+prior", "model", "random"]
+
+
+def test_ensemble_subsets_scores_every_subset(setup, tmp_path, capsys):
+    """experiments/ensemble_subsets.py: each single policy and the pair, per rule, scored on the test table."""
+    from memrl.agents.config import TrainConfig
+    from memrl.agents.train import train
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.ensemble import PolicyEnsemble
+    from memrl.envs.policy import TrainedPolicy
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    spec = importlib.util.spec_from_file_location("ensemble_subsets", ROOT / "experiments" / "ensemble_subsets.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    saved = yaml.safe_load((setup["policy"] / "config.yaml").read_text())
+    saved["train"]["seed"] = 2
+    second = tmp_path / "policy-s2"
+    train(TrainConfig.from_dict(saved), second, progress=False, echo=lambda _s: None, lookup=setup["tables"])
+    md = tmp_path / "subsets.md"
+    argv = ["--policies", str(setup["policy"]), str(second), "--tables", str(setup["tables"]), "--config", str(setup["config"]), "--datasets", "thick", "--train-datasets", "inverted", "--markdown", str(md)]
+    assert mod.main(argv) == 0
+    text = md.read_text()
+    assert text == capsys.readouterr().out
+    env = _module().BS.load_env(setup["config"])
+    ev = LookupEvaluator.from_dir(setup["tables"])
+    ev.set_feature_net(Path(env.pretrained) / "feature_net")
+    truth = _module().BS.ground_truth(ev, env, "thick")
+    data = load_dataset("thick", ev.image_size, ev.image_channels)
+    members = [TrainedPolicy.load(setup["policy"] / "policy.zip"), TrainedPolicy.load(second / "policy.zip")]
+    want = {}
+    for i, p in enumerate(members):
+        want[(p.path.parent.name, "-")] = p.deterministic(ev, p.describe(ev, data)).mask.bitstring
+    for rule in ("mixture", "product"):
+        ens = PolicyEnsemble(members, rule)
+        want[(f"{members[0].path.parent.name}, {members[1].path.parent.name}", rule)] = ens.ranked(ev, ens.describe(ev, data), k=1)[0].mask.bitstring
+    detail = text.split("Every subset", 1)[1]
+    for (names, rule), bits in want.items():
+        row = next(_cells(x) for x in detail.splitlines() if x.startswith(f"| {names} | {rule} |"))
+        regret = truth["r_max"] - truth["rewards"][bits]
+        rank = 1 + sum(r > truth["rewards"][bits] for r in truth["rewards"].values())
+        assert row[2] == f"{regret:.3f} ({rank})"
+    summary = next(_cells(x) for x in text.splitlines() if x.startswith("| 1 | - | 2 |"))
+    singles = [truth["r_max"] - truth["rewards"][want[(p.path.parent.name, "-")]] for p in members]
+    assert summary[3].startswith(f"{np.mean(singles):.3f} ")
+    # policies of different configs are refused with one line
+    other = tmp_path / "other"
+    saved["env"]["method"] = "difffit"
+    (other).mkdir()
+    for f in ("policy.zip", "descriptor.json"):
+        (other / f).write_bytes((second / f).read_bytes())
+    (other / "config.yaml").write_text(yaml.safe_dump(saved))
+    assert mod.main(["--policies", str(setup["policy"]), str(other), "--tables", str(setup["tables"]), "--config", str(setup["config"]), "--datasets", "thick"]) == 2
+    assert "cannot be one ensemble" in capsys.readouterr().err
