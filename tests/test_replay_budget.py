@@ -202,8 +202,9 @@ def test_an_ensemble_of_two_seeds_refines_from_its_proposals(policy, second_seed
     ev = Evaluator(quick_model_dir[0], granularity=ens.env.granularity)
     top = ens.ranked(ev, ens.describe(ev, load_dataset("thick", ev.image_size, ev.image_channels)), k=2)
     out = tmp_path / "out"
-    assert main(["replay", "--policy", str(policy), str(second_seed), "--ensemble", "product", "--dataset", "thick", "--out", str(out), "--budget", "2", "--no-progress", "--json"]) == 0
-    rep = json.loads(capsys.readouterr().out)
+    assert main(["replay", "--policy", str(policy), str(second_seed), "--ensemble", "product", "--dataset", "thick", "--out", str(out), "--budget", "2", "--no-progress"]) == 0
+    assert f"  ensemble    : product of 2 policies ({policy}, {second_seed})" in capsys.readouterr().out.splitlines()
+    rep = json.loads((out / "report.json").read_text())
     assert rep["policy"] == [str(policy), str(second_seed)] and rep["ensemble"] == "product"
     assert len(rep["descriptor"]) == 2  # one per policy, each in its own basis
     assert rep["zero_shot"]["mask_bits"] == top[0].mask.bitstring

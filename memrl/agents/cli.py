@@ -326,6 +326,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             if s.get("screen"):
                 sc = s["screen"]
                 print(f"  screen      : {sc['screens']} screens of {sc['steps']} fine-tuning steps ({sc['fresh_screens']} fresh), {sc['promoted']} promoted to the full evaluation")
+        if rep.get("ensemble"):
+            print(f"  ensemble    : {rep['ensemble']} of {len(rep['policy'])} policies ({', '.join(rep['policy'])})")
         label = "policy mask " if s is None else "searched    "
         print(f"  {label}: FID {m['fid']:.2f}  nn_own_rate {m['nn_own_rate']:.3f}  replication {m['replication_rate']:.3f}  trainable {100 * m['trainable_fraction']:.2f}%")
         print(f"  full FT     : FID {f['fid']:.2f}  nn_own_rate {f['nn_own_rate']:.3f}  replication {f['replication_rate']:.3f}")
