@@ -178,3 +178,36 @@ def test_report_of_the_members(tmp_path):
     ens = load_policy(paths)
     assert json.loads(json.dumps(ens.to_dict())) == {"policies": [str(p) for p in paths], "rule": "mixture"}
     assert ens.env == TrainedPolicy.load(paths[0]).env and ens.n_units == 7
+
+
+def test_cli_ensemble_warm_start_on_the_quick_model(quick_model_dir, tmp_path, capsys):
+    from memrl.cli import main
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.descriptor import DescriptorBasis
+    from memrl.evaluation import Evaluator
+    from test_search import TINY
+
+    model = quick_model_dir[0]
+    ev = Evaluator(model)
+    data = load_dataset("inverted", ev.image_size, ev.image_channels)
+    basis = DescriptorBasis.fit(ev.feature_net, [data], k=2)
+    a, b = (make_policy(tmp_path, f"s{s}", granularity=ev.granularity, basis=basis, seed=s) for s in (4, 5))
+    ens = load_policy([a, b], "product")
+    top = ens.ranked(ev, ens.describe(ev, data), k=2)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({"env": {"pretrained": str(model), "datasets": ["inverted"], "method": "difffit", "preset": "quick", "eval_overrides": TINY}}))
+    run = tmp_path / "run"
+    capsys.readouterr()
+    argv = ["search", "--config", str(cfg), "--out", str(run), "--no-progress", "--warm-start", str(a), str(b), "--warm-start-ensemble", "product", "--warm-start-k", "2", "--budget", "2", "--json"]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert [r["proposed_mask_bits"] for r in rows(run)] == ["".join(map(str, p.bits)) for p in top]
+    assert summary["warm_start"]["source"] == f"product ensemble of {a}, {b}"
+    saved = yaml.safe_load((run / "config.yaml").read_text())["search"]
+    assert saved["warm_start"] == [str(a), str(b)] and saved["warm_start_ensemble"] == "product"
+    # --resume: the same policies (in the same order) are accepted, one of them alone is not
+    assert main(["search", "--out", str(run), "--resume", "--warm-start", str(b)]) == 2
+    assert "--warm-start is" in capsys.readouterr().err
+    assert main(["search", "--out", str(run), "--resume", "--warm-start", str(a), str(b), "--budget", "3", "--no-progress", "--json"]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["trials"] == 3 and [t["step"] for t in again["warm_start"]["trials"]] == [1, 2]
