@@ -157,6 +157,9 @@ def test_search_config_checks_the_ensemble(tmp_path):
     with pytest.raises(ConfigError, match="holds no policy or an empty path"):
         fake_config("tpe", 3, warm_start=["a.zip", " "])
     assert fake_config("tpe", 3, warm_start=["a.zip"]).search.warm_start == "a.zip"  # one policy: a path, as before
+    assert fake_config("model", 3, prior=["run"]).search.prior == "run" and fake_config("model", 3, prior=["a", "b"]).search.prior == ["a", "b"]
+    with pytest.raises(ConfigError, match="holds no run or an empty path"):
+        fake_config("model", 3, prior=[])
 
 
 def test_search_cli_takes_several_warm_start_policies(tmp_path, capsys):
@@ -169,7 +172,7 @@ def test_search_cli_takes_several_warm_start_policies(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["search", "--help"])
     text = capsys.readouterr().out
-    assert "--warm-start POLICY [POLICY ...]" in text and "--warm-start-ensemble {mixture,product}" in text
+    assert "--warm-start POLICY [POLICY ...]" in text and "--warm-start-ensemble {mixture,product}" in text and "--prior RUN [RUN ...]" in text
     assert a.is_file()
 
 

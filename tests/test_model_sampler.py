@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from test_lookup import TINY, full_table, made  # noqa: F401 - module fixtures
@@ -174,3 +175,42 @@ def test_per_dataset_target_fits_each_dataset_standardised(full_table, quick_mod
     assert np.allclose(own, [-1.0, 1.0]) or np.allclose(own, [1.0, -1.0]) or np.allclose(own, 0.0)  # two trials, standardised together
     with pytest.raises(ConfigError, match="unknown model_target 'ranks'; valid: raw, per_dataset"):
         config(model, prior=str(prior_run), model_target="ranks")
+
+
+def test_several_prior_runs_pool_their_evaluations(tmp_path):
+    """--prior A B: each (dataset, mask) once, its reward the runs' mean; runs in other descriptor bases are refused."""
+    import csv as csv_
+
+    from memrl.envs.descriptor import DescriptorBasis
+    from memrl.errors import MemrlError
+    from memrl.search.model_sampler import load_prior
+    from test_warm_start import NetEvaluator, inverted
+
+    ev = NetEvaluator()
+    basis = DescriptorBasis(np.zeros(6), np.eye(2, 6), np.ones(2))
+    units = ev.units
+
+    def run(name: str, rows: list[tuple[str, str, float]], b: DescriptorBasis = basis) -> Path:
+        r = tmp_path / name
+        r.mkdir()
+        b.save(r / "descriptor.json")
+        with open(r / "evaluations.csv", "w", newline="") as f:
+            w = csv_.DictWriter(f, ["dataset", "mask_bits", "method", "lr", "reward", "failed"])
+            w.writeheader()
+            for d, bits, reward in rows:
+                w.writerow({"dataset": d, "mask_bits": bits, "method": "difffit", "lr": "", "reward": reward, "failed": False})
+        return r
+
+    a = run("a", [("thick", "1000000", -1.0), ("thick", "0100000", -2.0)])
+    b = run("b", [("thick", "1000000", -3.0), ("blurred", "0010000", -4.0)])
+    prior = load_prior([a, b], ev, inverted(ev), "inverted", units, ["difffit"], False)
+    k = prior.features.descriptor_dim
+    got = sorted(zip(prior.groups, prior.X[:, k : k + len(units)].astype(int).astype(str).tolist(), prior.y.tolist()))
+    assert got == sorted([("thick", list("1000000"), -2.0), ("thick", list("0100000"), -2.0), ("blurred", list("0010000"), -4.0)])
+    one = load_prior(a, ev, inverted(ev), "inverted", units, ["difffit"], False)
+    assert len(one.y) == 2 and one.source == str(a)
+    other = run("c", [("thick", "0000001", -1.0)], DescriptorBasis(np.zeros(6), 2 * np.eye(2, 6), np.ones(2)))
+    with pytest.raises(MemrlError, match="different bases"):
+        load_prior([a, other], ev, inverted(ev), "inverted", units, ["difffit"], False)
+    with pytest.raises(MemrlError, match="evaluated thick itself"):
+        load_prior([a, b], ev, inverted(ev), "thick", units, ["difffit"], False)

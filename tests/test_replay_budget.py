@@ -214,11 +214,23 @@ def test_an_ensemble_of_two_seeds_refines_from_its_proposals(policy, second_seed
     assert rep["mask_bits"] == max(rows(out / "search"), key=lambda r: float(r["reward"]))["mask_bits"]
 
 
+def test_an_ensemble_refines_with_the_pooled_prior(policy, second_seed, tmp_path, capsys):
+    """--optimizer model with several policies: the reward model starts from every policy's training evaluations."""
+    from memrl.cli import main
+
+    out = tmp_path / "out"
+    assert main(["replay", "--policy", str(policy), str(second_seed), "--dataset", "thick", "--out", str(out), "--budget", "2", "--optimizer", "model", "--no-progress", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    saved = yaml.safe_load((out / "search" / "config.yaml").read_text())["search"]
+    assert saved["prior"] == [str(policy.parent), str(second_seed.parent)] and saved["warm_start"] is None
+    assert rep["ensemble"] == "mixture" and rep["search"]["optimizer"] == "model" and len(rows(out / "search")) == 2
+
+
 @pytest.mark.parametrize(
     "extra, msg",
     [
         (["--ensemble", "mixture"], "--ensemble combines several policies"),
-        (["--second", "--budget", "2", "--optimizer", "model"], "--optimizer model fits the reward model on one policy's training run"),
+        (["--second", "--budget", "2", "--optimizer", "model", "--warm-start-k", "2"], "--warm-start-k is for tpe and random"),
     ],
 )
 def test_bad_ensemble_is_refused_before_anything_is_written(policy, second_seed, tmp_path, capsys, extra, msg):

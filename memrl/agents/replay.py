@@ -12,7 +12,8 @@
    objective it was trained on) in a ``memrl search`` run in ``OUT/search/``: tpe or random
    warm-started with the policy's most probable proposals, its deterministic mask first
    (``warm_start_k``, default ``min(4, K)``), or ``model``: the reward model fitted on the
-   policy's own training evaluations (its run folder is the ``--prior``), no warm start. The
+   policy's own training evaluations (its run folder is the ``--prior``; an ensemble's: every
+   member's, pooled), no warm start. The
    search's best mask by reward replaces the zero-shot one. With K = 0 (the default) nothing is
    searched: today's replay, unchanged.
 4. Stage 2: fine-tune with the chosen mask on the whole dataset (no forced duplication unless
@@ -73,8 +74,8 @@ def refinement_config(policy: TrainedPolicy | PolicyEnsemble, dataset: str, pret
     from memrl.search.run import screen_config
 
     env = policy.env.with_(datasets=[dataset], pretrained=str(pretrained), cache=str(out / "evaluations.sqlite"), device=device, feature_net=feature_net or policy.env.feature_net)
-    if optimizer == "model":  # the reward model starts from the policy's training evaluations instead of a warm start
-        start: dict = {"prior": str(Path(policy.path).parent)}
+    if optimizer == "model":  # the reward model starts from the policy's (an ensemble: every policy's) training evaluations instead of a warm start
+        start: dict = {"prior": [str(Path(p).parent) for p in policy.paths] if isinstance(policy, PolicyEnsemble) else str(Path(policy.path).parent)}
     else:
         start = {"warm_start": str(policy.path), "warm_start_k": warm_start_k}
         if isinstance(policy, PolicyEnsemble):
@@ -180,8 +181,6 @@ def replay(
         raise MemrlError(f"--ensemble {ensemble!r} is not a rule; valid: {', '.join(ENSEMBLE_RULES)}")
     if ensemble is not None and not several:
         raise MemrlError("--ensemble combines several policies: give two or more --policy files")
-    if several and optimizer == "model":
-        raise MemrlError("--optimizer model fits the reward model on one policy's training run (its --prior): give one --policy, or refine an ensemble with tpe or random")
     tp = load_policy(policy, ensemble or "mixture")
     env_cfg = tp.env
     out = Path(out)

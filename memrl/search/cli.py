@@ -114,9 +114,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--prior",
         default=None,
+        nargs="+",
         metavar="RUN",
         help="with --optimizer model: a memrl train run folder; its real evaluations on other datasets, each with its dataset's "
         "descriptor, are the reward model's starting data, so the first trial is already the model's pick for this dataset; "
+        "several runs (agent seeds of one config) pool their evaluations; "
         "without it the model optimizer is plain Bayesian optimisation; like --set search.prior=RUN",
     )
     p.add_argument("--pretrained", "--model", dest="pretrained", default=None, help="override env.pretrained (the base model folder); --model is an alias")
@@ -158,6 +160,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise MemrlError(f"--warm-start-k must be >= 1, got {args.warm_start_k}")
     if args.warm_start is not None and len(args.warm_start) == 1:
         args.warm_start = args.warm_start[0]  # one policy: saved as a path, as before
+    if args.prior is not None and len(args.prior) == 1:
+        args.prior = args.prior[0]
     if args.device == "auto":
         import torch
 

@@ -88,7 +88,8 @@ class SearchSettings:
     #: ``optimizer: model`` only: a ``memrl train`` run folder whose evaluations on other datasets
     #: (with their descriptors) the reward model starts from (:mod:`memrl.search.model_sampler`).
     #: ``None``: plain Bayesian optimisation on this dataset alone.
-    prior: str | None = None
+    #: Several runs (agent seeds of one config) pool their evaluations.
+    prior: str | list[str] | None = None
     #: ``optimizer: model`` only: the upper confidence bound's weight on the model's standard deviation.
     model_beta: float = 1.0
     #: ``optimizer: model`` with a ``prior`` only: the same weight for the first trial, the model's
@@ -120,6 +121,11 @@ class SearchSettings:
                 raise ConfigError(where, f"'screen_steps' needs a single-objective sampler that skips pruned trials (tpe, random): {self.optimizer} {'optimises two objectives, which Optuna does not prune' if self.optimizer == 'nsga2' else 'evaluates every mask in full'}")
         if isinstance(self.screen_eta, bool) or not isinstance(self.screen_eta, int) or self.screen_eta < 2:
             raise ConfigError(where, f"'screen_eta' must be an integer >= 2 (one screened trial in screen_eta gets the full budget), got {self.screen_eta!r}")
+        if isinstance(self.prior, list):
+            if not self.prior or any(not r.strip() for r in self.prior):
+                raise ConfigError(where, f"'prior' {self.prior!r} holds no run or an empty path; give memrl train run folders (or leave it out)")
+            if len(self.prior) == 1:
+                self.prior = self.prior[0]
         if self.prior is not None and self.optimizer != "model":
             raise ConfigError(where, f"'prior' ({self.prior}) is the reward model's starting data: it needs optimizer model, not {self.optimizer}")
         if self.model_target not in TARGETS:

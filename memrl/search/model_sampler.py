@@ -59,25 +59,49 @@ class Prior:
     groups: tuple[str, ...] = ()
 
 
-def load_prior(run: str | Path, evaluator: Any, data: Any, dataset: str, units: Sequence[str], methods: Sequence[str], lr_scales: bool) -> Prior:
-    """The prior of ``--prior RUN``: RUN's successful evaluations and descriptor basis, and the
-    descriptor of ``data`` (the dataset ``dataset`` names) in that basis (through the evaluator's feature network). Refused when RUN is not a
-    train run, evaluated other units, or already evaluated the searched dataset (its rewards would
-    be in the prior: not a new dataset)."""
-    from memrl.data.loaders import load_dataset
-    from memrl.envs.descriptor import DescriptorBasis
-
-    run = Path(run)
-    csv_path, basis_path = run / "evaluations.csv", run / "descriptor.json"
-    if not csv_path.is_file() or not basis_path.is_file():
-        raise MemrlError(f"--prior {run}: not a memrl train run folder (needs evaluations.csv and descriptor.json)")
+def _run_rows(run: Path, methods: Sequence[str]) -> list[tuple[str, str, str, float | None, float]]:
+    """A run's successful evaluations as ``(dataset, mask_bits, method, lr, reward)``."""
     rows = []
-    with open(csv_path, newline="") as f:
+    with open(run / "evaluations.csv", newline="") as f:
         for r in csv.DictReader(f):
             if r.get("failed") == "True" or not r.get("reward") or not r.get("mask_bits"):
                 continue
             lr = float(r["lr"]) if r.get("lr") not in (None, "", "None") else None
             rows.append((r["dataset"], r["mask_bits"], r.get("method") or methods[0], lr, float(r["reward"])))
+    return rows
+
+
+def load_prior(run: str | Path | Sequence[str | Path], evaluator: Any, data: Any, dataset: str, units: Sequence[str], methods: Sequence[str], lr_scales: bool) -> Prior:
+    """The prior of ``--prior RUN``: RUN's successful evaluations and descriptor basis, and the
+    descriptor of ``data`` (the dataset ``dataset`` names) in that basis (through the evaluator's feature network). Refused when RUN is not a
+    train run, evaluated other units, or already evaluated the searched dataset (its rewards would
+    be in the prior: not a new dataset).
+
+    Several runs (agent seeds of one config, ``--prior A B C``) pool their evaluations: each
+    (dataset, mask, method, lr) once, its reward the mean over the runs that evaluated it (with a
+    shared cache they are the same evaluation). They must share one descriptor basis (the seeds
+    of one config do: it is fitted on the training members' images, not on the agent's draws)."""
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.descriptor import DescriptorBasis
+
+    runs = [Path(run)] if isinstance(run, (str, Path)) else [Path(r) for r in run]
+    if not runs:
+        raise MemrlError("--prior: no run given")
+    basis = None
+    pooled: dict[tuple, list[float]] = {}
+    for r_ in runs:
+        csv_path, basis_path = r_ / "evaluations.csv", r_ / "descriptor.json"
+        if not csv_path.is_file() or not basis_path.is_file():
+            raise MemrlError(f"--prior {r_}: not a memrl train run folder (needs evaluations.csv and descriptor.json)")
+        b_ = DescriptorBasis.load(basis_path)
+        if basis is None:
+            basis = b_
+        elif not all(np.array_equal(getattr(basis, f), getattr(b_, f)) for f in ("mean", "components", "scale")):
+            raise MemrlError(f"--prior {runs[0]} and {r_} describe datasets in different bases (their descriptor.json differ): pool runs of one memrl train config")
+        for d, b, m, lr, reward in _run_rows(r_, methods):
+            pooled.setdefault((d, b, m, lr), []).append(reward)
+    run = runs[0] if len(runs) == 1 else ", ".join(str(r_) for r_ in runs)
+    rows = [(*key, float(np.mean(v))) for key, v in pooled.items()]
     if not rows:
         raise MemrlError(f"--prior {run}: evaluations.csv holds no successful evaluation yet")
     bad = sorted({b for _, b, _, _, _ in rows if len(b) != len(units)})
@@ -86,7 +110,6 @@ def load_prior(run: str | Path, evaluator: Any, data: Any, dataset: str, units: 
     name = dataset  # as the run's evaluations.csv names datasets: the spec given (inverted, family:80, a folder)
     if name in {d for d, *_ in rows}:
         raise MemrlError(f"--prior {run} evaluated {name} itself: a prior is other datasets' evaluations (search a dataset the run did not train on)")
-    basis = DescriptorBasis.load(basis_path)
     require = getattr(evaluator, "require_feature_net", None)
     net = require() if callable(require) else getattr(evaluator, "feature_net", None)
     if net is None:
