@@ -2,7 +2,7 @@
 
     python experiments/bench_transfer.py --policies runs/amortised-s0 runs/amortised-s1 runs/amortised-s2 \\
         [--tables experiments/results/exhaustive] [--datasets family:80 ...] [--seeds 10] [--budget 32] \\
-        [--warm-k 4] [--config experiments/exhaustive.yaml] [--out-dir experiments/results] [--markdown FILE] [--fresh]
+        [--warm-k 4] [--config experiments/exhaustive.yaml] [--pooled-prior] [--out-dir experiments/results] [--markdown FILE] [--fresh]
 
 Each policy is a ``memrl train`` run folder (or its ``policy.zip``), trained on other datasets
 (the family's training members); the datasets here are ones it never saw (by default every
@@ -37,7 +37,9 @@ Per dataset, with the table of the evaluation seed (``env.seed`` of ``--config``
   (``--priors``, default the policies' runs) plus the new dataset's trials: its first trial is the
   reward model's zero-shot pick, reported beside the policy's. It is deterministic given the
   prior (one run per prior); ``model``: the same without a prior (plain GP Bayesian
-  optimisation, ``--seeds`` runs), the control for what the prior adds.
+  optimisation, ``--seeds`` runs), the control for what the prior adds; ``model+pooled``
+  (``--pooled-prior``, two or more priors): one run with every prior's evaluations pooled
+  (``--prior A B C``).
 
 Where a second seed's table exists for a dataset (``env.seed + 1``), the zero-shot masks and TPE's
 picks are also scored on it: a reward on a seed the picker never saw (TPE picked its best by the
@@ -73,11 +75,11 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 RESULTS_NAME = "bench_transfer"
 TPE_AT = (4, 8, 16)
-FEW_SHOT = ("tpe", "tpe+policy", "tpe+ensemble", "tpe+fixed", "model+prior", "model", "random")
+FEW_SHOT = ("tpe", "tpe+policy", "tpe+ensemble", "tpe+fixed", "model+prior", "model+pooled", "model", "random")
 #: How the ensemble of the --policies combines them: the first is its zero-shot and warm-start rule (memrl replay's default), the others are reported beside it.
 ENSEMBLE_RULES = ("mixture", "product")
-COLORS = {"tpe": "tab:blue", "tpe+policy": "tab:red", "tpe+ensemble": "tab:brown", "tpe+fixed": "tab:green", "model+prior": "tab:purple", "model": "tab:orange", "random": "tab:gray"}
-STYLES = {"tpe": "--", "tpe+policy": "-", "tpe+ensemble": "-", "tpe+fixed": "-.", "model+prior": "-", "model": "--", "random": ":"}
+COLORS = {"tpe": "tab:blue", "tpe+policy": "tab:red", "tpe+ensemble": "tab:brown", "tpe+fixed": "tab:green", "model+prior": "tab:purple", "model+pooled": "tab:pink", "model": "tab:orange", "random": "tab:gray"}
+STYLES = {"tpe": "--", "tpe+policy": "-", "tpe+ensemble": "-", "tpe+fixed": "-.", "model+prior": "-", "model+pooled": "-.", "model": "--", "random": ":"}
 
 
 def _bench_search():  # noqa: ANN202
@@ -142,7 +144,7 @@ def split_of(dataset: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------- runs
-def run_tpe(env, tables: Path, dataset: str, seed: int, budget: int, proposals=None, optimizer: str = "tpe", prior: str | None = None) -> list[dict]:  # noqa: ANN001
+def run_tpe(env, tables: Path, dataset: str, seed: int, budget: int, proposals=None, optimizer: str = "tpe", prior: str | list[str] | None = None) -> list[dict]:  # noqa: ANN001
     """One ``memrl search --lookup`` run (TPE, random or model), optionally warm-started with ``proposals`` (or, for model, a ``prior`` run)."""
     from memrl.envs.config import EnvConfig
     from memrl.search.config import SearchConfig, SearchSettings
@@ -259,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--warm-k", type=int, default=4, help="warm-start proposals (the policy's most probable / the best fixed masks)")
     ap.add_argument("--config", default="experiments/exhaustive.yaml", help="the env the tables were made with (method, granularity, preset, reward, evaluation seed)")
     ap.add_argument("--priors", nargs="*", default=None, help="memrl train run folders whose real evaluations start the reward model of model+prior (default: the policies' runs; none: leave model+prior out)")
+    ap.add_argument(
+        "--pooled-prior",
+        action="store_true",
+        help="also run model+pooled: the reward-model search with every prior's evaluations pooled (--prior A B C); slow on a CPU "
+        "(the GP is refitted on all of them before every trial, and its cost grows with the cube of their number)",
+    )
     ap.add_argument("--out-dir", default="experiments/results", help="where bench_transfer.png and bench_transfer.json go")
     ap.add_argument("--markdown", default=None, help="also write the markdown to this file")
     ap.add_argument("--fresh", action="store_true", help="run everything again (default: reuse runs in OUT_DIR/bench_transfer.json with the same key)")
@@ -425,12 +433,24 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             record("model+prior", rows)
             first = rows[0]["mask_bits"]  # rows in trial order: the first is asked with no evaluation of this dataset
             res["model_zero_shot"].append({"prior": str(prior), "mask_bits": first, "reward": truth["rewards"][first], "regret": truth["r_max"] - truth["rewards"][first], "rank": rank_of(truth, truth["rewards"][first])})
+        res["pooled_zero_shot"] = None
+        if args.pooled_prior and len(priors) > 1:  # every prior's evaluations in one reward model
+            psig = _signature([(q / "evaluations.csv").read_bytes().decode() for q in priors])
+            rows = cached(f"{d}|model+pooled|{'+'.join(map(str, priors))}|{psig}|{sig}", lambda: run_tpe(env, tables, d, 0, args.budget, optimizer="model", prior=[str(q) for q in priors]))
+            record("model+pooled", rows)
+            first = rows[0]["mask_bits"]
+            res["pooled_zero_shot"] = {"mask_bits": first, "regret": truth["r_max"] - truth["rewards"][first], "rank": rank_of(truth, truth["rewards"][first])}
+            if d in truths2:
+                t2 = truths2[d]
+                res["pooled_zero_shot"].update(regret_seed2=t2["r_max"] - t2["rewards"][first], rank_seed2=rank_of(t2, t2["rewards"][first]))
         if not fixed_top:
             del res["traces"]["tpe+fixed"], res["picks_seed2"]["tpe+fixed"]
         if ens_ranked is None:
             del res["traces"]["tpe+ensemble"], res["picks_seed2"]["tpe+ensemble"]
         if not priors:
             del res["traces"]["model+prior"], res["picks_seed2"]["model+prior"]
+        if not (args.pooled_prior and len(priors) > 1):
+            del res["traces"]["model+pooled"], res["picks_seed2"]["model+pooled"]
         per[d] = res
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -630,6 +650,21 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         lines.append(
             f"- reward model zero-shot (model+prior's first trial): rank {mr_:.1%} (median), mean regret {mm_:.3f}{fm_txt}, "
             f"at least as good as TPE@16 on {summary['model_beats_tpe16']} of {len(per)} datasets"
+        )
+    pz = [res["pooled_zero_shot"] for res in per.values() if res.get("pooled_zero_shot")]
+    if pz:
+        n_masks = [truths[d]["masks"] for d, res in per.items() if res.get("pooled_zero_shot")]
+        tpe16 = [float(np.median(res["tpe_at"][16])) for res in per.values() if res.get("pooled_zero_shot")]
+        lines.append(f"- reward model on the {len(priors)} priors pooled (model+pooled's first trial), evaluation seed {env.seed}:")
+        lines += ["  " + x for x in zero_shot_goals([z["rank"] / m for z, m in zip(pz, n_masks)], [z["regret"] for z in pz], summary["fixed_regret"], sum(z["regret"] <= t for z, t in zip(pz, tpe16)), len(pz))]
+        if all("regret_seed2" in z for z in pz) and summary2["fixed_regret"]:
+            lines.append(f"  - on the second evaluation seed: mean regret {float(np.mean([z['regret_seed2'] for z in pz])):.3f} vs best fixed mask {float(np.mean(summary2['fixed_regret'])):.3f}")
+    if "model+pooled" in pooled:
+        q_pool = BS.quantiles([t["hit"] for t in pooled["model+pooled"]], args.budget)[1]
+        lines.append(
+            f"- few-shot: model+pooled median {BS._fmt_q(q_pool, args.budget)} vs tpe {BS._fmt_q(BS.quantiles([t['hit'] for t in pooled['tpe']], args.budget)[1], args.budget)} "
+            f"-> {few_shot_verdict(pooled['model+pooled'], pooled['tpe'], args.budget)}"
+            + (f"; vs tpe+fixed -> {few_shot_verdict(pooled['model+pooled'], pooled['tpe+fixed'], args.budget, goal='better')}" if "tpe+fixed" in pooled else "")
         )
     if "model+prior" in pooled:
         q_mp = BS.quantiles([t["hit"] for t in pooled["model+prior"]], args.budget)[1]

@@ -497,6 +497,7 @@ def test_bench_transfer_scores_the_ensemble_of_the_policies(setup, tmp_path):
     argv = [
         "--policies", str(setup["policy"]), str(second), "--tables", str(tables), "--config", str(setup["config"]), "--datasets", "thick",
         "--train-datasets", "inverted", "--seeds", "2", "--budget", "16", "--warm-k", "2", "--out-dir", str(tmp_path / "out"), "--markdown", str(md),
+        "--pooled-prior",
     ]  # fmt: skip
     assert mod.main(argv) == 0
     text = md.read_text()
@@ -527,7 +528,15 @@ def test_bench_transfer_scores_the_ensemble_of_the_policies(setup, tmp_path):
     ens_runs = [r for r in raw["runs"] if "|tpe+ensemble|" in r["key"]]
     assert len(ens_runs) == 2 and all([x["mask_bits"] for x in r["rows"][:2]] == [p.mask.bitstring for p in picks["mixture"]] for r in ens_runs)
     few = next(_cells(x) for x in text.splitlines() if x.startswith("| dataset | tpe |"))
-    assert few[1:] == ["tpe", "tpe+policy", "tpe+ensemble", "tpe+fixed", "model+prior", "model", "random"]
+    assert few[1:] == ["tpe", "tpe+policy", "tpe+ensemble", "tpe+fixed", "model+prior", "model+pooled", "model", "random"]
+    # --pooled-prior: one model run on both policies' evaluations; its first trial is the pooled reward model's zero-shot pick
+    pooled = [r for r in raw["runs"] if "|model+pooled|" in r["key"]]
+    assert len(pooled) == 1
+    first = pooled[0]["rows"][0]["mask_bits"]
+    line = next(x for x in text.splitlines() if x.startswith("- reward model on the 2 priors pooled"))
+    goals = text.split(line, 1)[1].splitlines()
+    assert goals[2].strip().startswith(f"- zero-shot mean regret {t1['r_max'] - t1['rewards'][first]:.3f} vs best fixed mask")
+    assert "few-shot: model+pooled median" in text
 
 
 def test_ensemble_subsets_scores_every_subset(setup, tmp_path, capsys):
