@@ -111,6 +111,23 @@ def training_cost(policy_zip: Path) -> int:
     return len({(r["dataset"], r["mask_bits"], r.get("method"), r.get("lr")) for r in rows if not is_true(r.get("imagined"))})
 
 
+def lookup_evaluator(tables: Path, env, policies: Sequence) -> "LookupEvaluator":  # noqa: ANN001, F821
+    """The lookup evaluator of ``tables`` with a feature network (the tables', else the env's or a
+    policy's model's) to describe datasets, checked to fit every policy (one MemrlError if not)."""
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    ev = LookupEvaluator.from_dir(tables)
+    if ev.feature_net is None:
+        for fn in [Path(env.pretrained) / "feature_net"] + [Path(p.env.pretrained) / "feature_net" for p in policies]:
+            if fn.is_dir():
+                ev.set_feature_net(fn)
+                break
+    ev.require_feature_net()
+    for p in policies:
+        p.check_fits(ev)
+    return ev
+
+
 def best_fixed(truths: dict[str, dict]) -> list[tuple[str, float]]:
     """Masks by their mean reward over ``truths`` (the training members' tables), best first."""
     common = set.intersection(*(set(t["rewards"]) for t in truths.values()))
@@ -275,7 +292,6 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     from memrl.data.loaders import load_dataset
     from memrl.envs.policy import TrainedPolicy
     from memrl.errors import MemrlError
-    from memrl.evaluation.lookup import LookupEvaluator
 
     if args.seeds < 1 or args.budget < max(TPE_AT) or args.warm_k < 1:
         print(f"error: --seeds and --warm-k must be >= 1 and --budget >= {max(TPE_AT)}", file=sys.stderr)
@@ -287,15 +303,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     try:
         env = BS.load_env(args.config)
         policies = [TrainedPolicy.load(policy_path(p)) for p in args.policies]
-        ev = LookupEvaluator.from_dir(tables)
-        if ev.feature_net is None:
-            for fn in [Path(env.pretrained) / "feature_net"] + [Path(p.env.pretrained) / "feature_net" for p in policies]:
-                if fn.is_dir():
-                    ev.set_feature_net(fn)
-                    break
-        ev.require_feature_net()
-        for p in policies:
-            p.check_fits(ev)
+        ev = lookup_evaluator(tables, env, policies)
         names = BS.table_datasets(tables)
         test_names = args.datasets or [d for d in names if split_of(d) == "test"]
         train_names = args.train_datasets or [d for d in names if split_of(d) == "train"]
@@ -651,6 +659,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             f"- reward model zero-shot (model+prior's first trial): rank {mr_:.1%} (median), mean regret {mm_:.3f}{fm_txt}, "
             f"at least as good as TPE@16 on {summary['model_beats_tpe16']} of {len(per)} datasets"
         )
+    def med(method: str) -> tuple[float, bool]:
+        """A method's pooled median of distinct evaluations to within 2% (and whether it is only a lower bound)."""
+        return BS.quantiles([t["hit"] for t in pooled[method]], args.budget)[1]
+
     pz = [res["pooled_zero_shot"] for res in per.values() if res.get("pooled_zero_shot")]
     if pz:
         n_masks = [truths[d]["masks"] for d, res in per.items() if res.get("pooled_zero_shot")]
@@ -660,9 +672,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         if all("regret_seed2" in z for z in pz) and summary2["fixed_regret"]:
             lines.append(f"  - on the second evaluation seed: mean regret {float(np.mean([z['regret_seed2'] for z in pz])):.3f} vs best fixed mask {float(np.mean(summary2['fixed_regret'])):.3f}")
     if "model+pooled" in pooled:
-        q_pool = BS.quantiles([t["hit"] for t in pooled["model+pooled"]], args.budget)[1]
         lines.append(
-            f"- few-shot: model+pooled median {BS._fmt_q(q_pool, args.budget)} vs tpe {BS._fmt_q(BS.quantiles([t['hit'] for t in pooled['tpe']], args.budget)[1], args.budget)} "
+            f"- few-shot: model+pooled median {BS._fmt_q(med('model+pooled'), args.budget)} vs tpe {BS._fmt_q(med('tpe'), args.budget)} "
             f"-> {few_shot_verdict(pooled['model+pooled'], pooled['tpe'], args.budget)}"
             + (f"; vs tpe+fixed -> {few_shot_verdict(pooled['model+pooled'], pooled['tpe+fixed'], args.budget, goal='better')}" if "tpe+fixed" in pooled else "")
         )
@@ -678,12 +689,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     q_tpe = BS.quantiles([t["hit"] for t in pooled["tpe"]], args.budget)[1]
     lines.append(f"- few-shot: tpe+policy median {BS._fmt_q(q_warm, args.budget)} vs tpe {BS._fmt_q(q_tpe, args.budget)} evaluations to within 2% -> {few_shot_verdict(pooled['tpe+policy'], pooled['tpe'], args.budget)}")
     if "tpe+ensemble" in pooled:
-        q_ens = BS.quantiles([t["hit"] for t in pooled["tpe+ensemble"]], args.budget)[1]
+        q_ens = med("tpe+ensemble")
         lines.append(f"- few-shot: tpe+ensemble median {BS._fmt_q(q_ens, args.budget)} vs tpe {BS._fmt_q(q_tpe, args.budget)} evaluations to within 2% -> {few_shot_verdict(pooled['tpe+ensemble'], pooled['tpe'], args.budget)}")
         if "tpe+fixed" in pooled:
-            q_fix = BS.quantiles([t["hit"] for t in pooled["tpe+fixed"]], args.budget)[1]
             lines.append(
-                f"- control: tpe+ensemble median {BS._fmt_q(q_ens, args.budget)} vs tpe+fixed {BS._fmt_q(q_fix, args.budget)} "
+                f"- control: tpe+ensemble median {BS._fmt_q(q_ens, args.budget)} vs tpe+fixed {BS._fmt_q(med('tpe+fixed'), args.budget)} "
                 f"-> {few_shot_verdict(pooled['tpe+ensemble'], pooled['tpe+fixed'], args.budget, goal='the ensemble warm start is better')}"
             )
     if "tpe+fixed" in pooled:  # the fair control for a warm start: does the policy's warm start beat the fixed masks'?

@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     from memrl.envs.ensemble import PolicyEnsemble
     from memrl.envs.policy import TrainedPolicy
     from memrl.errors import MemrlError
-    from memrl.evaluation.lookup import LookupEvaluator
 
     tables = Path(args.tables)
     if not tables.is_dir() or not any(tables.rglob("*.jsonl")):
@@ -70,15 +69,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     try:
         env = BS.load_env(args.config)
         policies = [TrainedPolicy.load(BT.policy_path(p)) for p in args.policies]
-        ev = LookupEvaluator.from_dir(tables)
-        if ev.feature_net is None:
-            for fn in [Path(env.pretrained) / "feature_net"] + [Path(p.env.pretrained) / "feature_net" for p in policies]:
-                if fn.is_dir():
-                    ev.set_feature_net(fn)
-                    break
-        ev.require_feature_net()
-        for p in policies:
-            p.check_fits(ev)
+        ev = BT.lookup_evaluator(tables, env, policies)
         if len(policies) > 1:
             PolicyEnsemble(policies)  # one clear line when they are not runs of one config
         names = BS.table_datasets(tables)

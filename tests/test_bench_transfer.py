@@ -97,6 +97,19 @@ def setup(quick_model_dir, tmp_path_factory):
     return {"tables": tables, "config": config, "policy": policy_run, "n": n, "ev": ev, "cfg": cfg, "root": root}
 
 
+@pytest.fixture(scope="module")
+def second(setup, tmp_path_factory):
+    """A second agent seed (train.seed=1) of the setup's policy config: with it, an ensemble."""
+    from memrl.agents.config import TrainConfig
+    from memrl.agents.train import train
+
+    saved = yaml.safe_load((setup["policy"] / "config.yaml").read_text())
+    saved["train"]["seed"] = 1
+    run = tmp_path_factory.mktemp("second") / "policy-s1"
+    train(TrainConfig.from_dict(saved), run, progress=False, echo=lambda _s: None, lookup=setup["tables"])
+    return run
+
+
 def _cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
@@ -473,23 +486,17 @@ def test_held_out_comparison_needs_the_test():
     assert mod.picks_regret(rows, {"r_max": 0.0, "rewards": {"01": -0.2, "10": -3.0, "11": -1.0}}, (1, 2, 3)) == {1: 0.2, 2: 3.0, 3: 3.0}
 
 
-def test_bench_transfer_scores_the_ensemble_of_the_policies(setup, tmp_path):
+def test_bench_transfer_scores_the_ensemble_of_the_policies(setup, second, tmp_path):
     """Two policies (agent seeds 0 and 1): the ensemble's zero-shot masks per rule are scored on the
     table (and on a second seed's), and tpe+ensemble starts with the mixture's most probable proposals."""
     import shutil
 
-    from memrl.agents.config import TrainConfig
-    from memrl.agents.train import train
     from memrl.data.loaders import load_dataset
     from memrl.envs.ensemble import PolicyEnsemble
     from memrl.envs.policy import TrainedPolicy
     from memrl.evaluation.lookup import LookupEvaluator
 
     mod = _module()
-    saved = yaml.safe_load((setup["policy"] / "config.yaml").read_text())
-    saved["train"]["seed"] = 1
-    second = tmp_path / "policy-s1"
-    train(TrainConfig.from_dict(saved), second, progress=False, echo=lambda _s: None, lookup=setup["tables"])
     tables = tmp_path / "tables"
     shutil.copytree(setup["tables"], tables)
     write_table(setup["ev"], setup["cfg"], "thick", 1, tables, tmp_path)
@@ -539,10 +546,8 @@ def test_bench_transfer_scores_the_ensemble_of_the_policies(setup, tmp_path):
     assert "few-shot: model+pooled median" in text
 
 
-def test_ensemble_subsets_scores_every_subset(setup, tmp_path, capsys):
+def test_ensemble_subsets_scores_every_subset(setup, second, tmp_path, capsys):
     """experiments/ensemble_subsets.py: each single policy and the pair, per rule, scored on the test table."""
-    from memrl.agents.config import TrainConfig
-    from memrl.agents.train import train
     from memrl.data.loaders import load_dataset
     from memrl.envs.ensemble import PolicyEnsemble
     from memrl.envs.policy import TrainedPolicy
@@ -552,9 +557,6 @@ def test_ensemble_subsets_scores_every_subset(setup, tmp_path, capsys):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     saved = yaml.safe_load((setup["policy"] / "config.yaml").read_text())
-    saved["train"]["seed"] = 2
-    second = tmp_path / "policy-s2"
-    train(TrainConfig.from_dict(saved), second, progress=False, echo=lambda _s: None, lookup=setup["tables"])
     md = tmp_path / "subsets.md"
     argv = ["--policies", str(setup["policy"]), str(second), "--tables", str(setup["tables"]), "--config", str(setup["config"]), "--datasets", "thick", "--train-datasets", "inverted", "--markdown", str(md)]
     assert mod.main(argv) == 0
