@@ -249,6 +249,17 @@ def test_json_export_round_trips(model_dir, replay_dir, tmp_path, capsys):
     assert rdoc["units"] == units and rdoc["selected"] == SELECTED and rdoc["source_kind"] == "replay"
     assert rdoc["pretrained"] == str(model_dir)
 
+    # an ensemble's replay names its policies: the first one's run says the model
+    ens = tmp_path / "ens"
+    ens.mkdir()
+    doc = json.loads((replay / "report.json").read_text())
+    doc.update(policy=[doc["policy"], str(tmp_path / "elsewhere" / "policy.zip")], ensemble="mixture")
+    (ens / "report.json").write_text(json.dumps(doc))
+    rc, _, err = run_cli(capsys, "export", ens / "report.json", "--format", "json", "--out", tmp_path / "j4")
+    assert rc == 0, err
+    edoc = json.loads((tmp_path / "j4" / "mask.json").read_text())
+    assert edoc["units"] == units and edoc["selected"] == SELECTED and edoc["pretrained"] == str(model_dir)
+
 
 # ------------------------------------------------------------------------------------ export: bad input
 @pytest.mark.parametrize("case", ["missing", "empty_folder", "unknown_dataset", "not_json", "bits_disagree", "wrong_model", "replay_dataset"])

@@ -303,6 +303,8 @@ def _replay_source(doc: dict, file: Path, dataset: str | None) -> ExportSource:
     )
     src.fallback_model = src.model_dir
     policy = doc.get("policy")
+    if isinstance(policy, list) and policy:  # an ensemble's policies share their env settings: the first one's run says them
+        policy = policy[0]
     if isinstance(policy, str) and policy:
         cfg_path = Path(policy).expanduser().parent / "config.yaml"
         if cfg_path.is_file():
