@@ -103,7 +103,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "reward), warm-started with the policy's most probable proposals (its own mask first); its best mask by reward is fine-tuned",
     )
     r.add_argument("--warm-start-k", default=None, metavar="N", help="with --budget: how many of the policy's proposals start the search (default min(4, K))")
-    r.add_argument("--optimizer", default=None, metavar="NAME", help="with --budget: the search's optimizer, tpe (default) or random after the warm start, or model: Bayesian optimisation with the reward model fitted on the policy's own training evaluations (memrl search --optimizer model --prior POLICY_RUN; no warm start)")
+    r.add_argument("--optimizer", default=None, metavar="NAME", help="with --budget: the search's optimizer, tpe (default) or random after the warm start, or model: Bayesian optimisation with the reward model fitted on the policy's own training evaluations (memrl search --optimizer model --prior POLICY_RUN; an ensemble: every policy's run, pooled; no warm start)")
     r.add_argument(
         "--screen-steps",
         default=None,
