@@ -592,3 +592,15 @@ def test_ensemble_subsets_scores_every_subset(setup, second, tmp_path, capsys):
     (other / "config.yaml").write_text(yaml.safe_dump(saved))
     assert mod.main(["--policies", str(setup["policy"]), str(other), "--tables", str(setup["tables"]), "--config", str(setup["config"]), "--datasets", "thick"]) == 2
     assert "cannot be one ensemble" in capsys.readouterr().err
+
+
+def test_bench_prior_fit_times_each_pooled_prior(setup, second, capsys):
+    spec = importlib.util.spec_from_file_location("bench_prior_fit", ROOT / "experiments" / "bench_prior_fit.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--runs", str(setup["policy"]), str(second), "--dataset", "thick", "--tables", str(setup["tables"]), "--config", str(setup["config"])]) == 0
+    rows = [_cells(x) for x in capsys.readouterr().out.splitlines() if x.startswith("| 1 |") or x.startswith("| 2 |")]
+    assert [r[0] for r in rows] == ["1", "2"] and rows[0][3] == "1.0x"
+    assert int(rows[1][1]) >= int(rows[0][1]) > 0  # the pooled prior holds at least the first run's evaluations
+    assert mod.main(["--runs", str(setup["policy"]), "--dataset", "inverted", "--tables", str(setup["tables"]), "--config", str(setup["config"])]) == 2
+    assert "evaluated inverted itself" in capsys.readouterr().err
