@@ -604,3 +604,86 @@ def test_bench_prior_fit_times_each_pooled_prior(setup, second, capsys):
     assert int(rows[1][1]) >= int(rows[0][1]) > 0  # the pooled prior holds at least the first run's evaluations
     assert mod.main(["--runs", str(setup["policy"]), "--dataset", "inverted", "--tables", str(setup["tables"]), "--config", str(setup["config"])]) == 2
     assert "evaluated inverted itself" in capsys.readouterr().err
+
+
+def test_zero_shot_choice_chooses_on_validation_and_reports_on_test(setup, second, tmp_path, capsys):
+    """experiments/zero_shot_choice.py: every candidate (fixed mask, both ensembles, each policy) is
+    scored on the validation table, the lowest mean normalised regret is chosen, and the test table's
+    numbers (pick, regret, rank, walk down the ranked list) are the table's own."""
+    import shutil
+
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.ensemble import PolicyEnsemble
+    from memrl.envs.policy import TrainedPolicy
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    spec = importlib.util.spec_from_file_location("zero_shot_choice", ROOT / "experiments" / "zero_shot_choice.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tables = tmp_path / "tables"
+    shutil.copytree(setup["tables"], tables)
+    write_table(setup["ev"], setup["cfg"], "mirrored", 0, tables, tmp_path)
+    md = tmp_path / "choice.md"
+    base = ["--policies", str(setup["policy"]), str(second), "--tables", str(tables), "--config", str(setup["config"]), "--train-datasets", "inverted"]
+    assert mod.main([*base, "--validation", "mirrored", "--datasets", "thick", "--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert text == capsys.readouterr().out
+    env = _module().BS.load_env(setup["config"])
+    ev = LookupEvaluator.from_dir(tables)
+    ev.set_feature_net(Path(env.pretrained) / "feature_net")
+    BS = _module().BS
+    truths = {d: BS.ground_truth(ev, env, d) for d in ("mirrored", "thick", "inverted")}
+    members = [TrainedPolicy.load(setup["policy"] / "policy.zip"), TrainedPolicy.load(second / "policy.zip")]
+    fixed = sorted(truths["inverted"]["rewards"].items(), key=lambda kv: (-kv[1], kv[0]))
+    lists = {}
+    for d in ("mirrored", "thick"):
+        data = load_dataset(d, ev.image_size, ev.image_channels)
+        lists[("fixed", d)] = [m for m, _ in fixed]
+        for rule in ("mixture", "product"):
+            ens = PolicyEnsemble(members, rule)
+            lists[(rule, d)] = [p.mask.bitstring for p in ens.ranked(ev, ens.describe(ev, data))]
+        for p in members:
+            lists[(f"policy {p.path.parent.name}", d)] = [x.mask.bitstring for x in p.ranked(ev, p.describe(ev, data))]
+    names = ["fixed", "mixture", "product"] + [f"policy {p.path.parent.name}" for p in members]
+
+    def norm(t: dict, bits: str) -> float:
+        return (t["r_max"] - t["rewards"][bits]) / (t["r_max"] - np.mean(list(t["rewards"].values())))
+
+    def first_within(t: dict, ranked: list[str]) -> int:
+        span = t["r_max"] - t["r_min"]
+        return next(i + 1 for i, b in enumerate(ranked) if (t["rewards"][b] - t["r_min"]) / span >= 0.98)
+
+    scores = {n: norm(truths["mirrored"], lists[(n, "mirrored")][0]) for n in names}
+    best = min(scores.values())
+    chosen = next(n for n in names if scores[n] <= best + 1e-12)
+    assert f"- chosen on validation: **{chosen}** (mean normalised regret {scores[chosen]:.3f} on 1 member(s)" in text
+    assert "a hint, not a settled rule" in text
+    validation, test = text.split("Test (the report):", 1)
+    t = truths["thick"]
+    for n in names:
+        label = f"**{n}** (chosen)" if n == chosen else n
+        vrow = next(_cells(x) for x in validation.splitlines() if x.startswith(f"| {label} |"))
+        assert vrow[-1] == f"{scores[n]:.3f}"
+        row = next(_cells(x) for x in test.splitlines() if x.startswith(f"| {label} |"))
+        bits = lists[(n, "thick")][0]
+        assert row[1] == f"{t['r_max'] - t['rewards'][bits]:.3f} [{_module().rank_of(t, t['rewards'][bits])}]"
+        assert row[2] == str(first_within(t, lists[(n, "thick")]))
+    # choosing and reporting on one dataset, or choosing with no validation table, is refused with one line
+    assert mod.main([*base, "--validation", "thick", "--datasets", "thick"]) == 2
+    assert "both a validation and a test dataset" in capsys.readouterr().err
+    assert mod.main([*base, "--datasets", "thick"]) == 2
+    assert "no validation member has a complete table" in capsys.readouterr().err
+    assert mod.main([*base, "--validation", "mirrored", "--datasets", "inverted"]) == 2
+    assert "the policies were trained on inverted" in capsys.readouterr().err
+
+
+def test_zero_shot_choice_breaks_ties_toward_the_fixed_mask():
+    spec = importlib.util.spec_from_file_location("zero_shot_choice", ROOT / "experiments" / "zero_shot_choice.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.choose({"fixed": 0.5, "mixture": 0.5, "product": 0.2}) == "product"
+    assert mod.choose({"fixed": 0.5, "mixture": 0.5, "product": 0.7}) == "fixed"
+    truth = {"rewards": {"00": -1.0, "01": -2.0, "10": -0.99}, "r_max": -0.99, "r_min": -2.0}
+    assert mod.walk(truth, ["01", "00", "10"]) == 2  # -1.0 scores 0.99 of the span: within 2%
+    assert mod.walk(truth, ["01"]) is None
+    assert mod.normalised_regret(truth, "10") == 0.0

@@ -1,0 +1,234 @@
+"""Which zero-shot pick should ship? Chosen on validation members' tables, then reported on test members.
+
+    python experiments/zero_shot_choice.py --policies RUN_S0 RUN_S1 RUN_S2 \\
+        [--tables experiments/results/exhaustive] [--config experiments/exhaustive.yaml] \\
+        [--validation family:64 ...] [--datasets family:80 ...] [--train-datasets family:0 family:1] [--markdown FILE]
+
+``bench_transfer.py`` scores every zero-shot rule on the test members, so a rule chosen by those
+numbers (the ensemble's ``mixture`` default was) is not a blind choice. This script makes the
+choice where it belongs: on *validation* members of the family (``family:64-79``: never trained
+on, never reported as a result) that have an exhaustive table, and only then looks at the test
+members. The candidates are what a user of memrl could ship for a new dataset with no evaluation:
+
+* ``fixed``: the best fixed mask, the best mean reward over the training members' tables;
+* ``mixture`` and ``product``: the ensemble of all ``--policies`` (``memrl replay --policy A B C
+  [--ensemble product]``), when there are two or more;
+* each single policy's deterministic mask (``memrl replay --policy A``).
+
+The rule, fixed before any validation table existed: the candidate with the lowest mean
+*normalised* regret over the validation members wins, the regret divided by the table's best
+minus its mean reward (members differ in scale tenfold); ties go to the earlier candidate in
+the order above (the fixed mask first: it needs no policy). The report gives each candidate's
+regret and rank on the validation and test tables (on the next evaluation seed and the mean of
+both where those tables exist), the goals of the issue for the chosen one, and how far down each
+candidate's ranked list one must walk, one real evaluation per mask, to come within 2% of the
+optimum (``memrl search --warm-start ... --warm-start-k K --budget K`` evaluates exactly that
+list; for ``fixed``, the training tables' order). Everything is answered from the tables: it
+runs in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+#: Fewer validation members than this and the report says the choice is a hint, not a settled rule.
+SETTLED_AT = 3
+
+
+def _bench_transfer():  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location("bench_transfer", HERE / "bench_transfer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+BT = _bench_transfer()
+BS = BT.BS
+
+
+def normalised_regret(truth: dict, bits: str) -> float:
+    """``(r_max - r) / (r_max - mean)`` of ``bits`` on ``truth``: 0 at the optimum, 1 for an average mask."""
+    rewards = np.asarray(list(truth["rewards"].values()), dtype=float)
+    spread = float(truth["r_max"] - rewards.mean())
+    return 0.0 if spread == 0 else float((truth["r_max"] - truth["rewards"][bits]) / spread)
+
+
+def walk(truth: dict, ranked: list[str]) -> int | None:
+    """1-based position of the first mask of ``ranked`` within 2% of ``truth``'s optimum (its
+    normalised score, as every few-shot figure counts it); ``None`` when none of them is."""
+    span = truth["r_max"] - truth["r_min"]
+    for i, bits in enumerate(ranked):
+        r = truth["rewards"].get(bits)
+        if r is not None and (span == 0 or (r - truth["r_min"]) / span >= BS.WITHIN):
+            return i + 1
+    return None
+
+
+def choose(scores: dict[str, float]) -> str:
+    """The candidate with the lowest score; ties go to the earliest (``scores`` is in candidate order)."""
+    best = min(scores.values())
+    return next(name for name, s in scores.items() if s <= best + 1e-12)
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: C901
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--policies", nargs="+", required=True, help="memrl train run folders (or their policy.zip), agent seeds of one config")
+    ap.add_argument("--tables", default="experiments/results/exhaustive", help="folder of lookup tables (*.jsonl)")
+    ap.add_argument("--config", default="experiments/exhaustive.yaml", help="the env the tables were made with")
+    ap.add_argument("--validation", nargs="+", default=None, help="datasets the choice is made on (default: every validation member of the family with a complete table)")
+    ap.add_argument("--datasets", nargs="+", default=None, help="datasets the choice is reported on (default: every test member of the family with a complete table)")
+    ap.add_argument("--train-datasets", nargs="+", default=None, help="datasets whose tables give the fixed mask (default: every training member with a complete table)")
+    ap.add_argument("--markdown", default=None, help="also write the markdown to this file")
+    args = ap.parse_args(argv)
+
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.ensemble import PolicyEnsemble
+    from memrl.envs.policy import TrainedPolicy
+    from memrl.errors import MemrlError
+
+    tables = Path(args.tables)
+    if not tables.is_dir() or not any(tables.rglob("*.jsonl")):
+        print(f"error: no lookup tables (*.jsonl) under {tables}", file=sys.stderr)
+        return 2
+    try:
+        env = BS.load_env(args.config)
+        policies = [TrainedPolicy.load(BT.policy_path(p)) for p in args.policies]
+        ev = BT.lookup_evaluator(tables, env, policies)
+        ensembles = {rule: PolicyEnsemble(policies, rule) for rule in BT.ENSEMBLE_RULES} if len(policies) > 1 else {}
+        names = BS.table_datasets(tables)
+        val_names = args.validation or [d for d in names if BT.split_of(d) == "validation"]
+        test_names = args.datasets or [d for d in names if BT.split_of(d) == "test"]
+        train_names = args.train_datasets or [d for d in names if BT.split_of(d) == "train"]
+
+        def truths_of(ds: list[str], explicit: bool) -> dict[str, dict]:
+            out = {}
+            for d in ds:
+                t = BS.ground_truth(ev, env, d)
+                if t is None and explicit:
+                    raise MemrlError(f"{d}: the tables under {tables} do not hold every mask for {args.config}'s env (seed {env.seed})")
+                if t is not None:
+                    out[d] = t
+            return out
+
+        val = truths_of(val_names, args.validation is not None)
+        test = truths_of(test_names, args.datasets is not None)
+        test2 = {d: t for d in test if (t := BS.next_seed_truth(ev, env, d)) is not None}
+        train = truths_of(train_names, args.train_datasets is not None)
+    except MemrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not val:
+        print(f"error: no validation member has a complete table under {tables}: make one with experiments/exhaustive_tables.py --datasets family:64", file=sys.stderr)
+        return 2
+    if not test:
+        print(f"error: no test dataset has a complete table under {tables}", file=sys.stderr)
+        return 2
+    if not train:
+        print(f"error: no training member has a complete table under {tables}: the fixed mask needs one (--train-datasets)", file=sys.stderr)
+        return 2
+    overlap = sorted(set(val) & set(test))
+    if overlap:
+        print(f"error: {', '.join(overlap)} is both a validation and a test dataset: choose on one set, report on the other", file=sys.stderr)
+        return 2
+    leaked = sorted((set(val) | set(test)) & {d for p in policies for d in p.env.datasets})
+    if leaked:
+        print(f"error: the policies were trained on {', '.join(leaked)}: choose and report on datasets they never saw", file=sys.stderr)
+        return 2
+
+    fixed_list = [m for m, _ in BT.best_fixed(train)]
+    candidates: dict[str, object] = {"fixed": None, **ensembles}
+    for p in policies:
+        candidates[f"policy {Path(p.path).parent.name}"] = p
+
+    def ranked(name: str, d: str) -> list[str]:
+        """The candidate's masks on ``d``, its zero-shot pick first."""
+        c = candidates[name]
+        if c is None:
+            return fixed_list
+        data = load_dataset(d, ev.image_size, ev.image_channels)
+        return [x.mask.bitstring for x in c.ranked(ev, c.describe(ev, data))]
+
+    lists = {name: {d: ranked(name, d) for d in [*val, *test]} for name in candidates}
+
+    def cell(t: dict, bits: str) -> str:
+        return f"{t['r_max'] - t['rewards'][bits]:.3f} [{BT.rank_of(t, t['rewards'][bits])}]"
+
+    def walk_cell(t: dict, ranked_: list[str]) -> str:
+        w = walk(t, ranked_)
+        return str(w) if w is not None else f">{len(ranked_)}"
+
+    lines = ["`python experiments/zero_shot_choice.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)) + "`", ""]
+    lines.append(
+        f"{len(policies)} policies ({', '.join(str(p.path) for p in policies)}); fixed mask `{fixed_list[0]}` (best mean reward over the training tables of "
+        f"{', '.join(train)}). Chosen on {', '.join(val)} (validation), reported on {', '.join(test)} (test). Regret [rank of {next(iter(val.values()))['masks']}]; "
+        "normalised regret: regret / (best - mean reward of the table); walk: real evaluations down the candidate's ranked list to within 2% of the optimum."
+    )
+    lines += ["", "Validation (the choice):", ""]
+    head = "| candidate | " + " | ".join(f"{d}: regret [rank] | walk" for d in val) + " | mean normalised regret |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    val_score = {}
+    for name in candidates:
+        val_score[name] = float(np.mean([normalised_regret(t, lists[name][d][0]) for d, t in val.items()]))
+    chosen = choose(val_score)
+    for name in candidates:
+        mark = f"**{name}** (chosen)" if name == chosen else name
+        lines.append(f"| {mark} | " + " | ".join(f"{cell(t, lists[name][d][0])} | {walk_cell(t, lists[name][d])}" for d, t in val.items()) + f" | {val_score[name]:.3f} |")
+    lines += ["", "Test (the report):", ""]
+    views = [(f"seed {env.seed}", test)]
+    if test2:
+        views += [(f"seed {env.seed + 1}", test2), ("mean of both", {d: BT.two_seed_mean(test[d], test2[d]) for d in test2})]
+    head = "| candidate | " + " | ".join(f"{d}: regret [rank] | walk" for d in test) + " | " + " | ".join(f"{v}: mean regret | median rank" for v, _ in views) + " |"
+    lines += [head, "|" + "---|" * (head.count("|") - 1)]
+    summary: dict[str, dict[str, tuple[float, float]]] = {}
+    for name in candidates:
+        row = [f"{cell(t, lists[name][d][0])} | {walk_cell(t, lists[name][d])}" for d, t in test.items()]
+        summary[name] = {}
+        for v, view in views:
+            picks = {d: lists[name][d][0] for d in view}
+            regret = float(np.mean([view[d]["r_max"] - view[d]["rewards"][b] for d, b in picks.items()]))
+            rank = float(np.median([BT.rank_of(view[d], view[d]["rewards"][b]) / view[d]["masks"] for d, b in picks.items()]))
+            summary[name][v] = (regret, rank)
+            row.append(f"{regret:.3f} | {100 * rank:.1f}%")
+        mark = f"**{name}** (chosen)" if name == chosen else name
+        lines.append(f"| {mark} | " + " | ".join(row) + " |")
+    lines += ["", "Verdict:", ""]
+    thin = len(val) < SETTLED_AT
+    lines.append(
+        f"- chosen on validation: **{chosen}** (mean normalised regret {val_score[chosen]:.3f} on {len(val)} member(s); "
+        + ", ".join(f"{n} {s:.3f}" for n, s in val_score.items() if n != chosen)
+        + ")"
+        + (f". {len(val)} validation member(s), fewer than {SETTLED_AT}: a hint, not a settled rule" if thin else "")
+    )
+    for v, _ in views:
+        regret, rank = summary[chosen][v]
+        fixed_regret = summary["fixed"][v][0]
+        if chosen == "fixed":
+            vs = "it is the fixed mask: no policy ships zero-shot"
+        else:
+            vs = f"fixed mask {fixed_regret:.3f} -> {'beats it' if regret < fixed_regret else 'does not beat it'}"
+        lines.append(f"- test, {v}: mean regret {regret:.3f} ({vs}); median rank {100 * rank:.1f}% -> top-10% goal {'met' if rank <= 0.10 else 'not met'}")
+    walks = {name: [walk(t, lists[name][d]) for d, t in test.items()] for name in candidates}
+    lines.append(
+        "- walk down the ranked list to within 2% (test, seed "
+        + str(env.seed)
+        + "), median over the test datasets: "
+        + ", ".join(f"{n} {float(np.median([w if w is not None else np.inf for w in ws])):g}" for n, ws in walks.items())
+    )
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.markdown:
+        from memrl.utils.io import write_text_atomic
+
+        write_text_atomic(Path(args.markdown), text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
