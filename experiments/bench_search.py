@@ -89,26 +89,9 @@ def load_env(config: str | Path):  # noqa: ANN201
 
 def table_datasets(tables: Path) -> list[str]:
     """The datasets the tables under ``tables`` hold, as ``load_dataset`` spells them, in table order."""
-    from memrl.evaluation.lookup import read_table
+    from memrl.evaluation.lookup import table_datasets as datasets_of
 
-    names: list[str] = []
-    for path in sorted(tables.rglob("*.jsonl")):
-        try:
-            _, rows = read_table(path)
-        except Exception:  # noqa: BLE001 - not a table (LookupEvaluator says the same when it loads)
-            continue
-        for row in rows:
-            name = (row.get("result") or {}).get("dataset") if row.get("status") == "ok" else None
-            if name:
-                spec = _spec(str(name))
-                if spec not in names:
-                    names.append(spec)
-    return names
-
-
-def _spec(name: str) -> str:
-    """A dataset's name (``DatasetSplits.name``) as ``load_dataset`` takes it: ``family/80`` -> ``family:80``."""
-    return "family:" + name.split("/", 1)[1] if name.startswith("family/") else name
+    return datasets_of(tables)
 
 
 def ground_truth(ev, env, dataset: str) -> dict | None:  # noqa: ANN001

@@ -687,3 +687,55 @@ def test_zero_shot_choice_breaks_ties_toward_the_fixed_mask():
     assert mod.walk(truth, ["01", "00", "10"]) == 2  # -1.0 scores 0.99 of the span: within 2%
     assert mod.walk(truth, ["01"]) is None
     assert mod.normalised_regret(truth, "10") == 0.0
+
+
+def test_search_warm_started_with_the_best_fixed_masks_of_other_tables(setup, tmp_path, capsys):
+    """memrl search --warm-start-tables: the first trials are the masks with the best mean reward
+    over the tables' *other* datasets (here inverted alone: thick, the searched one, is left out)."""
+    from memrl.cli import main
+    from memrl.evaluation.ground_truth import GroundTruthBook, best_fixed_masks
+    from memrl.evaluation.lookup import LookupEvaluator
+    from memrl.reporting.records import EvaluationLog
+
+    env = _module().BS.load_env(setup["config"])
+    inverted = GroundTruthBook.for_env(LookupEvaluator(setup["tables"]), env)("inverted")
+    want = [k for k, _ in best_fixed_masks([inverted])[:3]]
+    assert want == [m for m, _ in sorted(inverted.rewards.items(), key=lambda kv: (-kv[1], kv[0]))[:3]]
+    run = tmp_path / "run"
+    base = ["search", "--config", str(setup["config"]), "--dataset", "thick", "--lookup", str(setup["tables"]), "--no-progress"]
+    capsys.readouterr()
+    assert main([*base, "--warm-start-tables", str(setup["tables"]), "--warm-start-k", "3", "--budget", "5", "--out", str(run), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    rows = EvaluationLog.read(run / "evaluations.csv")
+    assert [r["mask_bits"] for r in rows[:3]] == want
+    assert summary["warm_start"]["source"].startswith(f"best fixed masks of {setup['tables']} (digits/inverted)")
+    assert [t["step"] for t in summary["warm_start"]["trials"]] == [1, 2, 3]
+    assert yaml.safe_load((run / "config.yaml").read_text())["search"]["warm_start_tables"] == str(setup["tables"])
+    # refusals, one line each and no run folder: tables holding only the searched dataset; two warm starts at once
+    only = tmp_path / "only-thick"
+    only.mkdir()
+    (only / "thick.jsonl").write_text((setup["tables"] / "thick_lora_seed0.jsonl").read_text())
+    for extra, msg in (
+        (["--warm-start-tables", str(only)], "no dataset other than"),
+        (["--warm-start-tables", str(setup["tables"]), "--warm-start", str(setup["policy"] / "policy.zip")], "give one warm start"),
+        (["--warm-start-tables", str(tmp_path / "nowhere")], "no such folder"),
+        (["--warm-start-tables", str(setup["tables"]), "--optimizer", "exhaustive"], "exhaustive visits every mask once"),
+    ):
+        bad = tmp_path / "bad"
+        assert main([*base, *extra, "--budget", "2", "--out", str(bad)]) == 2, extra
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and msg in err[0], err
+        assert not bad.exists()
+
+
+def test_best_fixed_masks_is_the_mean_over_datasets():
+    from memrl.errors import MemrlError
+    from memrl.evaluation.ground_truth import GroundTruth, best_fixed_masks
+
+    a = GroundTruth("a", {"00": -1.0, "01": -3.0, "10": -2.0})
+    b = GroundTruth("b", {"00": -4.0, "01": -1.0, "10": -2.0, "11": 0.0})
+    got = best_fixed_masks([a, b])
+    assert [k for k, _ in got] == ["01", "10", "00"]  # means -2, -2 (tie: by the bits), -2.5; "11" is not in a
+    assert [v for _, v in got] == [-2.0, -2.0, -2.5]
+    with pytest.raises(MemrlError, match="at least one dataset"):
+        best_fixed_masks([])

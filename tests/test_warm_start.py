@@ -318,4 +318,4 @@ def test_help_explains_the_warm_start_flags(capsys):
     with pytest.raises(SystemExit):
         main(["search", "--help"])
     out = capsys.readouterr().out
-    assert "--warm-start POLICY" in out and "--warm-start-k K" in out
+    assert "--warm-start POLICY" in out and "--warm-start-k K" in out and "--warm-start-tables DIR" in out

@@ -209,4 +209,16 @@ class GroundTruthBook:
         return cls.from_tables(tables, env.eval_config(), env.method, env.methods, env.lr_scales, env.seed, env.resolved_failure_reward())
 
 
-__all__ = ["WITHIN", "GroundTruth", "GroundTruthBook", "ground_truth"]
+def best_fixed_masks(truths: Sequence[GroundTruth]) -> list[tuple[str, float]]:
+    """Masks (ground-truth keys: the trained bits, or ``bits|method|lr``) by their mean reward
+    over several datasets' ground truth, best first, ties by the key; only masks every one of them
+    holds. The first is the best *fixed* mask: what one would ship for a new dataset knowing only
+    these datasets, the baseline a learned policy has to beat (``memrl search --warm-start-tables``)."""
+    if not truths:
+        raise MemrlError("the best fixed masks need the ground truth of at least one dataset")
+    common = set.intersection(*(set(t.rewards) for t in truths))
+    means = {k: sum(t.rewards[k] for t in truths) / len(truths) for k in common}
+    return sorted(means.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+__all__ = ["WITHIN", "GroundTruth", "GroundTruthBook", "best_fixed_masks", "ground_truth"]

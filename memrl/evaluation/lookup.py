@@ -48,7 +48,7 @@ from memrl.evaluation.config import EvalConfig
 from memrl.evaluation.evaluator import EVAL_VERSION, Evaluator, _file_hash, build_request
 from memrl.peft_masking import Mask
 
-__all__ = ["META_KEYS", "TABLE_SUFFIX", "LookupEvaluator", "export_table", "read_table", "table_meta"]
+__all__ = ["META_KEYS", "TABLE_SUFFIX", "LookupEvaluator", "export_table", "read_table", "table_datasets", "table_meta"]
 
 #: Tables are ``*.jsonl`` files; :meth:`LookupEvaluator.from_dir` loads every one under a folder.
 TABLE_SUFFIX = ".jsonl"
@@ -199,6 +199,21 @@ def read_table(path: str | Path) -> tuple[dict, list[dict]]:
             )
         rows.append(row)
     return meta, rows
+
+
+def table_datasets(tables: str | Path | Sequence[str | Path]) -> list[str]:
+    """The datasets whose evaluations the tables hold, spelled as ``load_dataset`` takes them
+    (``family/80`` -> ``family:80``), in table order."""
+    names: list[str] = []
+    for path in _table_paths(tables):
+        _, rows = read_table(path)
+        for row in rows:
+            name = (row.get("result") or {}).get("dataset") if row.get("status") == "ok" else None
+            if name:
+                spec = "family:" + str(name).split("/", 1)[1] if str(name).startswith("family/") else str(name)
+                if spec not in names:
+                    names.append(spec)
+    return names
 
 
 def import_tables(tables: str | Path | Sequence[str | Path], cache: EvalCache | str | Path) -> dict[str, int]:

@@ -17,6 +17,7 @@ FLAG_KEYS = (
     ("--storage", "storage", "search.storage"),
     ("--lookup", "lookup", "search.lookup"),
     ("--warm-start", "warm_start", "search.warm_start"),
+    ("--warm-start-tables", "warm_start_tables", "search.warm_start_tables"),
     ("--warm-start-k", "warm_start_k", "search.warm_start_k"),
     ("--warm-start-ensemble", "warm_start_ensemble", "search.warm_start_ensemble"),
     ("--ground-truth", "ground_truth", "search.ground_truth"),
@@ -91,7 +92,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="how several --warm-start policies combine: mixture (default: their probabilities averaged) or product "
         "(multiplied and normalised: a mask any of them finds unlikely loses); like --set search.warm_start_ensemble=RULE",
     )
-    p.add_argument("--warm-start-k", type=int, default=None, metavar="K", help="how many of the --warm-start policy's proposals to enqueue (default 4; at most the budget); like --set search.warm_start_k=K")
+    p.add_argument(
+        "--warm-start-tables",
+        default=None,
+        metavar="DIR",
+        help="lookup tables of other datasets (exhaustive searches, e.g. experiments/results/exhaustive): the masks with the best "
+        "mean reward over every dataset they hold in full with this run's settings (the searched dataset left out) are the first "
+        "trials, then the optimizer takes over: the best fixed masks, which no policy beat as a warm start on the family's test "
+        "members; tpe, random, nsga2 and model; not with --warm-start; like --set search.warm_start_tables=DIR",
+    )
+    p.add_argument(
+        "--warm-start-k",
+        type=int,
+        default=None,
+        metavar="K",
+        help="how many of the --warm-start policy's (or --warm-start-tables') proposals to enqueue (default 4; at most the budget); like --set search.warm_start_k=K",
+    )
     p.add_argument(
         "--ground-truth",
         default=None,
@@ -189,8 +205,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             cfg = apply_sets(cfg, nest(change, drop_none=False), source=flag)
         cfg.env = with_ray(cfg.env, args.ray)
         cfg.dataset()  # one dataset, named or implied
-        if args.warm_start_k is not None and not cfg.search.warm_start:
-            raise MemrlError("--warm-start-k needs --warm-start POLICY (or search.warm_start in the config): the proposals come from a trained policy")
+        if args.warm_start_k is not None and not (cfg.search.warm_start or cfg.search.warm_start_tables):
+            raise MemrlError("--warm-start-k needs --warm-start POLICY or --warm-start-tables DIR (or search.warm_start / search.warm_start_tables in the config): it counts their proposals")
         if args.warm_start_ensemble is not None and not isinstance(cfg.search.warm_start, list):
             raise MemrlError("--warm-start-ensemble combines several policies: give two or more --warm-start POLICY files (or a list in search.warm_start)")
     from memrl.search.run import search

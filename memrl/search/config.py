@@ -18,6 +18,7 @@ method(s), learning-rate scales, preset, overrides, reward and evaluation seed. 
       seed: 0
       warm_start: runs/agent/policy.zip   # optional: the policy's top proposals are the first trials
       warm_start_k: 4
+      # warm_start_tables: experiments/results/exhaustive   # or: the best fixed masks of other datasets' tables
       screen_steps: 25        # optional: multi-fidelity, a 25-step fine-tune screens every trial
       screen_eta: 3           # and only the best third of the screened trials get the full budget
 """
@@ -69,7 +70,14 @@ class SearchSettings:
     #: How an ensemble ``warm_start`` combines its policies: ``mixture`` (their probabilities
     #: averaged) or ``product`` (multiplied and normalised).
     warm_start_ensemble: str = "mixture"
-    #: How many of the policy's proposals ``warm_start`` enqueues (at most the budget).
+    #: A folder of lookup tables (exhaustive tables of *other* datasets): the ``warm_start_k``
+    #: masks with the best mean reward over every dataset they hold in full with the run's
+    #: settings, the searched dataset left out (:func:`memrl.evaluation.ground_truth.best_fixed_masks`),
+    #: are enqueued as the first trials. The best fixed masks: on the family's test members this
+    #: warm start reached 2% of the optimum sooner than a policy's (experiments/README.md, "Does the
+    #: learned policy beat search?"). Not with ``warm_start`` (give one warm start) or ``exhaustive``.
+    warm_start_tables: str | None = None
+    #: How many of the policy's (or the tables') proposals the warm start enqueues (at most the budget).
     warm_start_k: int = 4
     #: A folder of lookup tables holding every mask for the dataset with the run's settings (an
     #: exhaustive search's table): TensorBoard then shows the best-so-far mask's regret per trial
@@ -143,12 +151,18 @@ class SearchSettings:
             raise ConfigError(where, "'warm_start' is empty; give the path of a policy.zip written by memrl train (or leave it out)")
         if self.warm_start_ensemble not in ENSEMBLE_RULES:
             raise ConfigError(where, f"unknown warm_start_ensemble {self.warm_start_ensemble!r}; valid: {', '.join(ENSEMBLE_RULES)}")
-        if self.warm_start is not None and not OPTIMIZERS[self.optimizer].warm_start:
-            able = ", ".join(o.name for o in OPTIMIZERS.values() if o.warm_start)
-            raise ConfigError(
-                where,
-                f"'warm_start' ({self.warm_start}) needs an optimizer that takes enqueued trials ({able}): {self.optimizer} visits every mask once in a fixed order",
-            )
+        if self.warm_start_tables is not None and not str(self.warm_start_tables).strip():
+            raise ConfigError(where, "'warm_start_tables' is empty; give a folder of lookup tables of other datasets (or leave it out)")
+        if self.warm_start is not None and self.warm_start_tables is not None:
+            raise ConfigError(where, f"give one warm start: 'warm_start' (a policy, {self.warm_start}) or 'warm_start_tables' (the best fixed masks of {self.warm_start_tables}), not both")
+        for name in ("warm_start", "warm_start_tables"):
+            value = getattr(self, name)
+            if value is not None and not OPTIMIZERS[self.optimizer].warm_start:
+                able = ", ".join(o.name for o in OPTIMIZERS.values() if o.warm_start)
+                raise ConfigError(
+                    where,
+                    f"'{name}' ({value}) needs an optimizer that takes enqueued trials ({able}): {self.optimizer} visits every mask once in a fixed order",
+                )
 
 
 @dataclass

@@ -261,15 +261,19 @@ def warm_start_trials(cfg: SearchConfig, ev: MaskEvaluator, data, optimizer: Opt
     """The trials a new run enqueues first: ``(params, user_attrs)`` for each of the first ``total``
     proposals (``proposals``, else the ranked proposals of the policy ``cfg.search.warm_start``),
     every one checked against the evaluator's units and the search space. Writes nothing."""
-    if proposals is not None and cfg.search.warm_start:
-        raise MemrlError(f"give a warm start once: search.warm_start ({cfg.search.warm_start}) or proposals, not both")
-    if proposals is None and not cfg.search.warm_start:
+    given = cfg.search.warm_start or cfg.search.warm_start_tables
+    if proposals is not None and given:
+        raise MemrlError(f"give a warm start once: search.warm_start{'_tables' if cfg.search.warm_start_tables else ''} ({given}) or proposals, not both")
+    if proposals is None and not given:
         return []
     if not optimizer.warm_start:
         able = ", ".join(o.name for o in OPTIMIZERS.values() if o.warm_start)
         raise MemrlError(f"a warm start needs an optimizer that takes enqueued trials ({able}): {optimizer.name} visits every mask once in a fixed order")
     env, units = cfg.env, list(ev.units)
-    if proposals is None:
+    if proposals is None and cfg.search.warm_start_tables:
+        source, proposals = fixed_mask_proposals(cfg, data, cfg.search.warm_start_k, ev)
+        where = f"--warm-start-tables {cfg.search.warm_start_tables}: fixed mask"
+    elif proposals is None:
         from memrl.envs.ensemble import load_policy
 
         ws = cfg.search.warm_start
@@ -289,6 +293,52 @@ def warm_start_trials(cfg: SearchConfig, ev: MaskEvaluator, data, optimizer: Opt
             attrs["warm_start_log_prob"] = float(item.log_prob)
         out.append((action_to_params(action, units, env.methods, env.lr_scales), attrs))
     return out
+
+
+def fixed_mask_proposals(cfg: SearchConfig, data, k: int, evaluator: MaskEvaluator | None = None) -> tuple[str, list[tuple[str, str, float | None]]]:  # noqa: ANN001
+    """The ``k`` best fixed masks of ``cfg.search.warm_start_tables`` for the searched ``data``:
+    ``(source, [(bits, method, lr), ...])``, by the mean reward over every dataset the tables hold
+    in full with the run's settings (:class:`~memrl.evaluation.ground_truth.GroundTruthBook`),
+    the searched dataset left out (by its fingerprint: a table of the very dataset would leak its
+    answer). One :class:`MemrlError` when no other dataset has every mask, or when the tables are
+    of another model than ``evaluator``'s (their best masks say nothing about this one)."""
+    from memrl.data.loaders import load_dataset
+    from memrl.evaluation.ground_truth import GroundTruthBook, best_fixed_masks
+    from memrl.evaluation.lookup import LookupEvaluator, table_datasets
+
+    folder = cfg.search.warm_start_tables
+    if not Path(folder).exists():
+        raise MemrlError(f"--warm-start-tables {folder}: no such folder of lookup tables (*.jsonl)")
+    env = cfg.env
+    ev = LookupEvaluator(folder)
+    mine = getattr(evaluator, "model_hash", None)
+    if mine is not None and ev.model_hash != mine:
+        raise MemrlError(f"--warm-start-tables {folder}: the tables were made with model {ev.model_hash}, this run evaluates model {mine} ({env.pretrained}); give tables of this model")
+    book = GroundTruthBook.for_env(ev, env)
+    target = data.fingerprint()
+    names, truths = [], []
+    for name in table_datasets(folder):
+        try:
+            other = load_dataset(name, ev.image_size, ev.image_channels)
+        except MemrlError:
+            continue
+        if other.fingerprint() == target:
+            continue
+        truth = book(name)
+        if truth is not None:
+            names.append(name)
+            truths.append(truth)
+    if not truths:
+        raise MemrlError(
+            f"--warm-start-tables {folder}: no dataset other than {data.name} has every mask with this run's settings "
+            f"(method {', '.join(cfg.methods())}, preset {env.preset}, seed {env.seed}, with the reference and pretrained rows); "
+            "make one with memrl search --optimizer exhaustive on another dataset"
+        )
+    out = []
+    for key, _ in best_fixed_masks(truths)[:k]:
+        bits, method, lr = (key.split("|") + [None, None])[:3] if "|" in key else (key, None, None)
+        out.append((bits, method or env.method, None if lr in (None, "None") else float(lr)))
+    return f"best fixed masks of {folder} ({', '.join(names)})", out
 
 
 def warm_start_summary(study, best_row: dict | None) -> dict | None:  # noqa: ANN001
