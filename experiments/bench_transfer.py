@@ -129,10 +129,11 @@ def lookup_evaluator(tables: Path, env, policies: Sequence) -> "LookupEvaluator"
 
 
 def best_fixed(truths: dict[str, dict]) -> list[tuple[str, float]]:
-    """Masks by their mean reward over ``truths`` (the training members' tables), best first."""
-    common = set.intersection(*(set(t["rewards"]) for t in truths.values()))
-    means = {m: float(np.mean([t["rewards"][m] for t in truths.values()])) for m in common}
-    return sorted(means.items(), key=lambda kv: (-kv[1], kv[0]))
+    """Masks by their mean reward over ``truths`` (the training members' tables), best first
+    (:func:`memrl.evaluation.ground_truth.best_fixed_masks`, what ``memrl search --warm-start-tables`` enqueues)."""
+    from memrl.evaluation.ground_truth import GroundTruth, best_fixed_masks
+
+    return [(m, float(r)) for m, r in best_fixed_masks([GroundTruth(d, t["rewards"]) for d, t in truths.items()])]
 
 
 def rank_of(truth: dict, reward: float) -> int:
