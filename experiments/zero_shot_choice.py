@@ -147,13 +147,19 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     for p in policies:
         candidates[f"policy {Path(p.path).parent.name}"] = p
 
+    # each dataset loaded and described by each policy once; an ensemble takes its members' descriptors
+    descs = {}
+    for d in [*val, *test]:
+        data = load_dataset(d, ev.image_size, ev.image_channels)
+        descs[d] = [p.describe(ev, data) for p in policies]
+
     def ranked(name: str, d: str) -> list[str]:
         """The candidate's masks on ``d``, its zero-shot pick first."""
         c = candidates[name]
         if c is None:
             return fixed_list
-        data = load_dataset(d, ev.image_size, ev.image_channels)
-        return [x.mask.bitstring for x in c.ranked(ev, c.describe(ev, data))]
+        desc = descs[d] if isinstance(c, PolicyEnsemble) else descs[d][policies.index(c)]
+        return [x.mask.bitstring for x in c.ranked(ev, desc)]
 
     lists = {name: {d: ranked(name, d) for d in [*val, *test]} for name in candidates}
 

@@ -336,8 +336,8 @@ def fixed_mask_proposals(cfg: SearchConfig, data, k: int, evaluator: MaskEvaluat
         )
     out = []
     for key, _ in best_fixed_masks(truths)[:k]:
-        bits, method, lr = (key.split("|") + [None, None])[:3] if "|" in key else (key, None, None)
-        out.append((bits, method or env.method, None if lr in (None, "None") else float(lr)))
+        bits, method, lr = key.split("|") if "|" in key else (key, env.method, "None")  # bits, or bits|method|lr
+        out.append((bits, method, None if lr == "None" else float(lr)))
     return f"best fixed masks of {folder} ({', '.join(names)})", out
 
 
