@@ -34,6 +34,7 @@ import importlib.util
 import shlex
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -77,8 +78,22 @@ def choose(scores: dict[str, float]) -> str:
     return next(name for name, s in scores.items() if s <= best + 1e-12)
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: C901
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+class Setup(NamedTuple):
+    """Everything the choice reads: the env, the policies, and each candidate's ranked masks per dataset."""
+
+    env: object
+    policies: list
+    val: dict[str, dict]
+    test: dict[str, dict]
+    test2: dict[str, dict]
+    train: dict[str, dict]
+    fixed_list: list[str]
+    #: candidate name -> dataset -> its masks on the dataset, its zero-shot pick first
+    lists: dict[str, dict[str, list[str]]]
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The flags that say which policies, tables and members; shared with ``proposal_spread.py``."""
     ap.add_argument("--policies", nargs="+", required=True, help="memrl train run folders (or their policy.zip), agent seeds of one config")
     ap.add_argument("--tables", default="experiments/results/exhaustive", help="folder of lookup tables (*.jsonl)")
     ap.add_argument("--config", default="experiments/exhaustive.yaml", help="the env the tables were made with")
@@ -86,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap.add_argument("--datasets", nargs="+", default=None, help="datasets the choice is reported on (default: every test member of the family with a complete table)")
     ap.add_argument("--train-datasets", nargs="+", default=None, help="datasets whose tables give the fixed mask (default: every training member with a complete table)")
     ap.add_argument("--markdown", default=None, help="also write the markdown to this file")
-    args = ap.parse_args(argv)
 
+
+def load_setup(args: argparse.Namespace) -> Setup:
+    """Load the tables and policies named by ``args`` and rank every candidate's masks on each
+    validation and test member. Raises :class:`~memrl.errors.MemrlError` with the one line to print."""
     from memrl.data.loaders import load_dataset
     from memrl.envs.ensemble import PolicyEnsemble
     from memrl.envs.policy import TrainedPolicy
@@ -95,52 +113,42 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
 
     tables = Path(args.tables)
     if not tables.is_dir() or not any(tables.rglob("*.jsonl")):
-        print(f"error: no lookup tables (*.jsonl) under {tables}", file=sys.stderr)
-        return 2
-    try:
-        env = BS.load_env(args.config)
-        policies = [TrainedPolicy.load(BT.policy_path(p)) for p in args.policies]
-        ev = BT.lookup_evaluator(tables, env, policies)
-        ensembles = {rule: PolicyEnsemble(policies, rule) for rule in BT.ENSEMBLE_RULES} if len(policies) > 1 else {}
-        names = BS.table_datasets(tables)
-        val_names = args.validation or [d for d in names if BT.split_of(d) == "validation"]
-        test_names = args.datasets or [d for d in names if BT.split_of(d) == "test"]
-        train_names = args.train_datasets or [d for d in names if BT.split_of(d) == "train"]
+        raise MemrlError(f"no lookup tables (*.jsonl) under {tables}")
+    env = BS.load_env(args.config)
+    policies = [TrainedPolicy.load(BT.policy_path(p)) for p in args.policies]
+    ev = BT.lookup_evaluator(tables, env, policies)
+    ensembles = {rule: PolicyEnsemble(policies, rule) for rule in BT.ENSEMBLE_RULES} if len(policies) > 1 else {}
+    names = BS.table_datasets(tables)
+    val_names = args.validation or [d for d in names if BT.split_of(d) == "validation"]
+    test_names = args.datasets or [d for d in names if BT.split_of(d) == "test"]
+    train_names = args.train_datasets or [d for d in names if BT.split_of(d) == "train"]
 
-        def truths_of(ds: list[str], explicit: bool) -> dict[str, dict]:
-            out = {}
-            for d in ds:
-                t = BS.ground_truth(ev, env, d)
-                if t is None and explicit:
-                    raise MemrlError(f"{d}: the tables under {tables} do not hold every mask for {args.config}'s env (seed {env.seed})")
-                if t is not None:
-                    out[d] = t
-            return out
+    def truths_of(ds: list[str], explicit: bool) -> dict[str, dict]:
+        out = {}
+        for d in ds:
+            t = BS.ground_truth(ev, env, d)
+            if t is None and explicit:
+                raise MemrlError(f"{d}: the tables under {tables} do not hold every mask for {args.config}'s env (seed {env.seed})")
+            if t is not None:
+                out[d] = t
+        return out
 
-        val = truths_of(val_names, args.validation is not None)
-        test = truths_of(test_names, args.datasets is not None)
-        test2 = {d: t for d in test if (t := BS.next_seed_truth(ev, env, d)) is not None}
-        train = truths_of(train_names, args.train_datasets is not None)
-    except MemrlError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    val = truths_of(val_names, args.validation is not None)
+    test = truths_of(test_names, args.datasets is not None)
+    test2 = {d: t for d in test if (t := BS.next_seed_truth(ev, env, d)) is not None}
+    train = truths_of(train_names, args.train_datasets is not None)
     if not val:
-        print(f"error: no validation member has a complete table under {tables}: make one with experiments/exhaustive_tables.py --datasets family:64", file=sys.stderr)
-        return 2
+        raise MemrlError(f"no validation member has a complete table under {tables}: make one with experiments/exhaustive_tables.py --datasets family:64")
     if not test:
-        print(f"error: no test dataset has a complete table under {tables}", file=sys.stderr)
-        return 2
+        raise MemrlError(f"no test dataset has a complete table under {tables}")
     if not train:
-        print(f"error: no training member has a complete table under {tables}: the fixed mask needs one (--train-datasets)", file=sys.stderr)
-        return 2
+        raise MemrlError(f"no training member has a complete table under {tables}: the fixed mask needs one (--train-datasets)")
     overlap = sorted(set(val) & set(test))
     if overlap:
-        print(f"error: {', '.join(overlap)} is both a validation and a test dataset: choose on one set, report on the other", file=sys.stderr)
-        return 2
+        raise MemrlError(f"{', '.join(overlap)} is both a validation and a test dataset: choose on one set, report on the other")
     leaked = sorted((set(val) | set(test)) & {d for p in policies for d in p.env.datasets})
     if leaked:
-        print(f"error: the policies were trained on {', '.join(leaked)}: choose and report on datasets they never saw", file=sys.stderr)
-        return 2
+        raise MemrlError(f"the policies were trained on {', '.join(leaked)}: choose and report on datasets they never saw")
 
     fixed_list = [m for m, _ in BT.best_fixed(train)]
     candidates: dict[str, object] = {"fixed": None, **ensembles}
@@ -162,6 +170,27 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         return [x.mask.bitstring for x in c.ranked(ev, desc)]
 
     lists = {name: {d: ranked(name, d) for d in [*val, *test]} for name in candidates}
+    return Setup(env, policies, val, test, test2, train, fixed_list, lists)
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """The command as the report quotes it."""
+    return f"`python experiments/{script}" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)) + "`"
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: C901
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    from memrl.errors import MemrlError
+
+    try:
+        s = load_setup(args)
+    except MemrlError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    env, policies, val, test, test2, train, fixed_list, lists = s.env, s.policies, s.val, s.test, s.test2, s.train, s.fixed_list, s.lists
+    candidates = lists
 
     def cell(t: dict, bits: str) -> str:
         return f"{t['r_max'] - t['rewards'][bits]:.3f} [{BT.rank_of(t, t['rewards'][bits])}]"
@@ -170,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         w = walk(t, ranked_)
         return str(w) if w is not None else f">{len(ranked_)}"
 
-    lines = ["`python experiments/zero_shot_choice.py" + "".join(" " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)) + "`", ""]
+    lines = [command_line("zero_shot_choice.py", argv), ""]
     lines.append(
         f"{len(policies)} policies ({', '.join(str(p.path) for p in policies)}); fixed mask `{fixed_list[0]}` (best mean reward over the training tables of "
         f"{', '.join(train)}). Chosen on {', '.join(val)} (validation), reported on {', '.join(test)} (test). Regret [rank of {next(iter(val.values()))['masks']}]; "

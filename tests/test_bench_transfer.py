@@ -677,6 +677,61 @@ def test_zero_shot_choice_chooses_on_validation_and_reports_on_test(setup, secon
     assert "the policies were trained on inverted" in capsys.readouterr().err
 
 
+def test_proposal_spread_chooses_a_distance_on_validation_and_reuses_its_runs(setup, second, tmp_path, capsys):
+    """experiments/proposal_spread.py: each (source, d) row's walk is the table's own down the spread
+    list, the chosen one is the rule's minimum over the rows, and a rerun with the same cache runs
+    no search at all."""
+    import shutil
+
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.ensemble import PolicyEnsemble
+    from memrl.envs.policy import TrainedPolicy
+    from memrl.evaluation.lookup import LookupEvaluator
+    from memrl.search.spread import spread
+
+    spec = importlib.util.spec_from_file_location("proposal_spread", ROOT / "experiments" / "proposal_spread.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    tables = tmp_path / "tables"
+    shutil.copytree(setup["tables"], tables)
+    write_table(setup["ev"], setup["cfg"], "mirrored", 0, tables, tmp_path)
+    cache = tmp_path / "spread.json"
+    argv = ["--policies", str(setup["policy"]), str(second), "--tables", str(tables), "--config", str(setup["config"]), "--train-datasets", "inverted"]
+    argv += ["--validation", "mirrored", "--datasets", "thick", "--distances", "0", "2", "--k", "2", "--seeds", "1", "--budget", "6", "--cache", str(cache)]
+    assert mod.main(argv) == 0
+    text = capsys.readouterr().out
+    env = _module().BS.load_env(setup["config"])
+    ev = LookupEvaluator.from_dir(tables)
+    ev.set_feature_net(Path(env.pretrained) / "feature_net")
+    truth = _module().BS.ground_truth(ev, env, "mirrored")
+    fixed = [m for m, _ in sorted(_module().BS.ground_truth(ev, env, "inverted")["rewards"].items(), key=lambda kv: (-kv[1], kv[0]))]
+    members = [TrainedPolicy.load(setup["policy"] / "policy.zip"), TrainedPolicy.load(second / "policy.zip")]
+    data = load_dataset("mirrored", ev.image_size, ev.image_channels)
+    lists = {"fixed": fixed}
+    for rule in ("mixture", "product"):
+        ens = PolicyEnsemble(members, rule)
+        lists[rule] = [p.mask.bitstring for p in ens.ranked(ev, ens.describe(ev, data))]
+    validation = text.split("Test (the report):", 1)[0]
+    keys = {}
+    for i, src in enumerate(("fixed", "mixture", "product")):
+        for d in (0, 2):
+            row = next(_cells(x) for x in validation.splitlines() if x.startswith(f"| {src} | {d} |"))
+            lst = spread(lists[src], d)
+            assert row[2] == " ".join(lst[:2])
+            assert int(row[3]) == mod.ZC.walk(truth, lst)
+            hit = row[5].split(" ")[0]
+            keys[(src, d)] = (7 if hit == ">6" else float(hit), float(row[4]), d, i)
+    src, d = min(keys, key=keys.get)
+    assert f"Chosen on validation: **{src}, d = {d}**" in text
+    assert "- " + (f"{src}, d = {d} (chosen)" if d else f"{src}, d = 0") + " vs tpe: " in text
+    # a rerun answers every search from the cache
+    mod.BT.run_tpe = lambda *a, **k: (_ for _ in ()).throw(AssertionError("a search ran again"))
+    assert mod.main(argv) == 0
+    assert capsys.readouterr().out == text
+    assert mod.main([*argv[:-8], "--k", "4", "--budget", "3", "--cache", str(cache)]) == 2
+    assert "--budget >= --k" in capsys.readouterr().err
+
+
 def test_zero_shot_choice_breaks_ties_toward_the_fixed_mask():
     spec = importlib.util.spec_from_file_location("zero_shot_choice", ROOT / "experiments" / "zero_shot_choice.py")
     mod = importlib.util.module_from_spec(spec)
@@ -711,6 +766,18 @@ def test_search_warm_started_with_the_best_fixed_masks_of_other_tables(setup, tm
     assert summary["warm_start"]["source"].startswith(f"best fixed masks of {setup['tables']} (digits/inverted)")
     assert [t["step"] for t in summary["warm_start"]["trials"]] == [1, 2, 3]
     assert yaml.safe_load((run / "config.yaml").read_text())["search"]["warm_start_tables"] == str(setup["tables"])
+    # --warm-start-spread 3: the same ranked list, reordered so that the proposals differ in 3 blocks or more
+    from memrl.search.spread import hamming, spread
+
+    ranked = [k for k, _ in best_fixed_masks([inverted])]
+    far = spread(ranked, 3)[:3]
+    assert far[0] == want[0] and all(hamming(a, b) >= 3 for i, a in enumerate(far) for b in far[:i])
+    assert far != want  # the table's top three are not that far apart
+    spread_run = tmp_path / "spread"
+    assert main([*base, "--warm-start-tables", str(setup["tables"]), "--warm-start-k", "3", "--warm-start-spread", "3", "--budget", "4", "--out", str(spread_run), "--json"]) == 0
+    capsys.readouterr()
+    assert [r["mask_bits"] for r in EvaluationLog.read(spread_run / "evaluations.csv")[:3]] == far
+    assert yaml.safe_load((spread_run / "config.yaml").read_text())["search"]["warm_start_spread"] == 3
     # refusals, one line each and no run folder: tables holding only the searched dataset; two warm starts at once
     only = tmp_path / "only-thick"
     only.mkdir()
@@ -720,6 +787,8 @@ def test_search_warm_started_with_the_best_fixed_masks_of_other_tables(setup, tm
         (["--warm-start-tables", str(setup["tables"]), "--warm-start", str(setup["policy"] / "policy.zip")], "give one warm start"),
         (["--warm-start-tables", str(tmp_path / "nowhere")], "no such folder"),
         (["--warm-start-tables", str(setup["tables"]), "--optimizer", "exhaustive"], "exhaustive visits every mask once"),
+        (["--warm-start-tables", str(setup["tables"]), "--warm-start-spread", "-1"], "--warm-start-spread must be >= 0"),
+        (["--warm-start-spread", "2"], "--warm-start-spread needs --warm-start"),
     ):
         bad = tmp_path / "bad"
         assert main([*base, *extra, "--budget", "2", "--out", str(bad)]) == 2, extra

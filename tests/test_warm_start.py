@@ -203,6 +203,26 @@ def test_warm_started_tpe_starts_with_the_policy_top_k(tmp_path):
     assert len(again["warm_start"]["trials"]) == 4
 
 
+def test_warm_start_spread_reorders_the_policy_list_before_taking_k(tmp_path):
+    """search.warm_start_spread: the first k of the policy's whole ranked list spread out
+    (memrl.search.spread), its deterministic proposal still first; 0 is the plain top k."""
+    from memrl.search.run import search
+    from memrl.search.spread import hamming, spread
+
+    pol = make_policy(tmp_path, "policy", seed=1)
+    ev = NetEvaluator()
+    policy = TrainedPolicy.load(pol)
+    ranked = policy.ranked(ev, policy.describe(ev, inverted(ev)))
+    want = [q.mask.bitstring for q in spread(ranked, 3, bits=lambda q: q.mask.bitstring)[:4]]
+    assert want[0] == ranked[0].mask.bitstring and want != [q.mask.bitstring for q in ranked[:4]]
+    assert all(hamming(a, b) >= 3 for i, a in enumerate(want) for b in want[:i])
+    run = tmp_path / "run"
+    search(fake_config("tpe", 5, warm_start=str(pol), warm_start_k=4, warm_start_spread=3), run, progress=False, echo=lambda s: None, evaluator=NetEvaluator())
+    assert [r["mask_bits"] for r in rows(run)[:4]] == want
+    with pytest.raises(MemrlError, match="'warm_start_spread' must be an integer >= 0"):
+        fake_config("tpe", 5, warm_start=str(pol), warm_start_spread=-1)
+
+
 def test_warm_start_k_larger_than_the_budget(tmp_path):
     from optuna.trial import TrialState
 
@@ -318,4 +338,4 @@ def test_help_explains_the_warm_start_flags(capsys):
     with pytest.raises(SystemExit):
         main(["search", "--help"])
     out = capsys.readouterr().out
-    assert "--warm-start POLICY" in out and "--warm-start-k K" in out and "--warm-start-tables DIR" in out
+    assert "--warm-start POLICY" in out and "--warm-start-k K" in out and "--warm-start-tables DIR" in out and "--warm-start-spread D" in out

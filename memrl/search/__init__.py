@@ -8,6 +8,7 @@ run writes the same records as ``memrl train``.
 
 * :mod:`memrl.search.config`     the run's configuration: the train config's ``env`` section + ``search``
 * :mod:`memrl.search.optimizers` optimizer name -> seeded Optuna sampler (``tpe``, ``nsga2``, ``random``, ``exhaustive``)
+* :mod:`memrl.search.spread`     a warm start's ranked proposals reordered to differ in ``warm_start_spread`` blocks
 * :mod:`memrl.search.run`        the loop: ask -> decode -> evaluate -> tell, records, resume
 * :mod:`memrl.search.cli`        the ``memrl search`` subcommand
 """

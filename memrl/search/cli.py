@@ -19,6 +19,7 @@ FLAG_KEYS = (
     ("--warm-start", "warm_start", "search.warm_start"),
     ("--warm-start-tables", "warm_start_tables", "search.warm_start_tables"),
     ("--warm-start-k", "warm_start_k", "search.warm_start_k"),
+    ("--warm-start-spread", "warm_start_spread", "search.warm_start_spread"),
     ("--warm-start-ensemble", "warm_start_ensemble", "search.warm_start_ensemble"),
     ("--ground-truth", "ground_truth", "search.ground_truth"),
     ("--screen-steps", "screen_steps", "search.screen_steps"),
@@ -109,6 +110,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         help="how many of the --warm-start policy's (or --warm-start-tables') proposals to enqueue (default 4; at most the budget); like --set search.warm_start_k=K",
     )
     p.add_argument(
+        "--warm-start-spread",
+        type=int,
+        default=None,
+        metavar="D",
+        help="the minimum number of blocks in which the warm start's proposals differ (default 0: the list as ranked): the ranked list "
+        "is reordered greedily, its first proposal kept, so the next ones explore instead of being the first one's neighbours; "
+        "like --set search.warm_start_spread=D",
+    )
+    p.add_argument(
         "--ground-truth",
         default=None,
         metavar="DIR",
@@ -174,6 +184,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         raise MemrlError(f"--budget must be >= 1, got {args.budget}")
     if args.warm_start_k is not None and args.warm_start_k < 1:
         raise MemrlError(f"--warm-start-k must be >= 1, got {args.warm_start_k}")
+    if args.warm_start_spread is not None and args.warm_start_spread < 0:
+        raise MemrlError(f"--warm-start-spread must be >= 0 (blocks in which the proposals differ), got {args.warm_start_spread}")
     if args.warm_start is not None and len(args.warm_start) == 1:
         args.warm_start = args.warm_start[0]  # one policy: saved as a path, as before
     if args.prior is not None and len(args.prior) == 1:
@@ -205,6 +217,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             cfg = apply_sets(cfg, nest(change, drop_none=False), source=flag)
         cfg.env = with_ray(cfg.env, args.ray)
         cfg.dataset()  # one dataset, named or implied
+        if args.warm_start_spread is not None and not (cfg.search.warm_start or cfg.search.warm_start_tables):
+            raise MemrlError("--warm-start-spread needs --warm-start POLICY or --warm-start-tables DIR (or search.warm_start / search.warm_start_tables in the config): it spreads their proposals")
         if args.warm_start_k is not None and not (cfg.search.warm_start or cfg.search.warm_start_tables):
             raise MemrlError("--warm-start-k needs --warm-start POLICY or --warm-start-tables DIR (or search.warm_start / search.warm_start_tables in the config): it counts their proposals")
         if args.warm_start_ensemble is not None and not isinstance(cfg.search.warm_start, list):

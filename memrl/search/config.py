@@ -18,6 +18,7 @@ method(s), learning-rate scales, preset, overrides, reward and evaluation seed. 
       seed: 0
       warm_start: runs/agent/policy.zip   # optional: the policy's top proposals are the first trials
       warm_start_k: 4
+      # warm_start_spread: 2  # proposals differ in at least 2 blocks where the list allows
       # warm_start_tables: experiments/results/exhaustive   # or: the best fixed masks of other datasets' tables
       screen_steps: 25        # optional: multi-fidelity, a 25-step fine-tune screens every trial
       screen_eta: 3           # and only the best third of the screened trials get the full budget
@@ -79,6 +80,13 @@ class SearchSettings:
     warm_start_tables: str | None = None
     #: How many of the policy's (or the tables') proposals the warm start enqueues (at most the budget).
     warm_start_k: int = 4
+    #: The minimum Hamming distance (blocks that differ) between the warm start's proposals: the
+    #: ranked list is reordered by :func:`memrl.search.spread.spread` (greedy in rank order, the
+    #: distance relaxed only when the list runs out) before the first ``warm_start_k`` are taken,
+    #: so they explore instead of repeating the first proposal's neighbours. The first proposal is
+    #: always the list's first. 0: the list as ranked (``experiments/proposal_spread.py`` measures
+    #: the distances on the family's validation and test members).
+    warm_start_spread: int = 0
     #: A folder of lookup tables holding every mask for the dataset with the run's settings (an
     #: exhaustive search's table): TensorBoard then shows the best-so-far mask's regret per trial
     #: (``regret/<dataset>``) and the summary its regret and rank. ``None``: the ``lookup`` folder
@@ -122,6 +130,8 @@ class SearchSettings:
             raise ConfigError(where, f"'figures_every' must be >= 1, got {self.figures_every}")
         if self.warm_start_k < 1:
             raise ConfigError(where, f"'warm_start_k' must be >= 1, got {self.warm_start_k}")
+        if isinstance(self.warm_start_spread, bool) or not isinstance(self.warm_start_spread, int) or self.warm_start_spread < 0:
+            raise ConfigError(where, f"'warm_start_spread' must be an integer >= 0 (the minimum Hamming distance between warm-start proposals; 0: as ranked), got {self.warm_start_spread!r}")
         if self.screen_steps is not None:
             if isinstance(self.screen_steps, bool) or not isinstance(self.screen_steps, int) or self.screen_steps < 1:
                 raise ConfigError(where, f"'screen_steps' must be an integer >= 1 (fine-tuning steps of the screen) or null, got {self.screen_steps!r}")

@@ -34,7 +34,8 @@ Warm start. ``memrl search --warm-start RUN/policy.zip`` enqueues the policy's `
 probable proposals on the dataset (:meth:`memrl.envs.policy.TrainedPolicy.ranked`: distinct in what
 they train, its deterministic proposal first) as trials 1..k, before the sampler proposes anything;
 :func:`search` also takes the proposals directly (``proposals=[(bits, method, lr), ...]``), e.g. for a
-benchmark on a lookup table without a policy file. They are enqueued once, when the run starts (a
+benchmark on a lookup table without a policy file (taken as given: ``warm_start_spread`` reorders
+only the policy's and the tables' lists, :mod:`memrl.search.spread`). They are enqueued once, when the run starts (a
 resumed run does not enqueue them again; one interrupted before they were all asked still asks the
 rest). Each such trial carries the user attribute ``warm_start`` (its rank among the proposals), and
 the summary (``best.json``) lists them under ``warm_start`` and says whether the best trial was one.
@@ -61,6 +62,7 @@ from memrl.reporting.optuna_store import default_storage
 from memrl.reporting.records import EvaluationLog, info_to_row, write_best, write_pareto
 from memrl.search.config import SearchConfig
 from memrl.search.optimizers import OPTIMIZERS, Optimizer, get_optimizer
+from memrl.search.spread import spread
 from memrl.utils.io import write_json_atomic
 
 STATE_FILE = "search_state.pkl"
@@ -280,7 +282,9 @@ def warm_start_trials(cfg: SearchConfig, ev: MaskEvaluator, data, optimizer: Opt
         source = f"{cfg.search.warm_start_ensemble} ensemble of {', '.join(ws)}" if isinstance(ws, list) else str(ws)
         policy = load_policy(ws, cfg.search.warm_start_ensemble)
         policy.check_fits(ev)
-        proposals = policy.ranked(ev, policy.describe(ev, data), k=cfg.search.warm_start_k)
+        spread_d = cfg.search.warm_start_spread
+        proposals = policy.ranked(ev, policy.describe(ev, data), k=None if spread_d else cfg.search.warm_start_k)
+        proposals = spread(proposals, spread_d, bits=lambda q: q.mask.bitstring)[: cfg.search.warm_start_k]
         where = f"--warm-start {source}: the policy's proposal"
     else:
         source = "proposals"
@@ -335,9 +339,10 @@ def fixed_mask_proposals(cfg: SearchConfig, data, k: int, evaluator: MaskEvaluat
             "make one with memrl search --optimizer exhaustive on another dataset"
         )
     out = []
-    for key, _ in best_fixed_masks(truths)[:k]:
+    for key, _ in best_fixed_masks(truths):
         bits, method, lr = key.split("|") if "|" in key else (key, env.method, "None")  # bits, or bits|method|lr
         out.append((bits, method, None if lr == "None" else float(lr)))
+    out = spread(out, cfg.search.warm_start_spread, bits=lambda q: q[0])[:k]
     return f"best fixed masks of {folder} ({', '.join(names)})", out
 
 
