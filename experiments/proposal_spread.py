@@ -30,8 +30,8 @@ by dataset, warm list, seed and budget, so adding a validation table reruns only
 from __future__ import annotations
 
 import argparse
-import json
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -102,8 +102,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     def hits(d: str, truth: dict, warm: list[str] | None) -> list[dict]:
         return [BS.trace(tpe(d, warm, seed), truth, args.budget) for seed in range(args.seeds)]
 
-    def capped(w: int | None) -> int:
-        return len(next(iter(s.lists.values()))[next(iter(s.val))]) + 1 if w is None else w
+    def walked(t: dict, lst: list[str]) -> int:
+        """The walk down ``lst`` on ``t``; one past the list's end when no mask of it is within 2%."""
+        w = ZC.walk(t, lst)
+        return len(lst) + 1 if w is None else w
 
     lines = [ZC.command_line("proposal_spread.py", argv), ""]
     lines.append(
@@ -119,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     for i, src in enumerate(sources):
         for dist in distances:
             spread_lists = {d: spread(s.lists[src][d], dist) for d in s.val}
-            walks = [capped(ZC.walk(t, spread_lists[d])) for d, t in s.val.items()]
+            walks = [walked(t, spread_lists[d]) for d, t in s.val.items()]
             traces = [tr for d, t in s.val.items() for tr in hits(d, t, spread_lists[d][: args.k])]
             med = BS.quantiles([t["hit"] for t in traces], args.budget)[1]
             scores[(src, dist)] = rule_key(med[0] if not med[1] else args.budget + 1, float(np.mean(walks)), dist, i)
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             lst = None if spec is None else spread(s.lists[spec[0]][d], spec[1])
             traces = hits(d, t, None if lst is None else lst[: args.k])
             pooled[arm] += traces
-            w = "-" if lst is None else str(capped(ZC.walk(t, lst)))
+            w = "-" if lst is None else str(walked(t, lst))
             row.append(f"{w} | {BT.hits_median(traces, args.budget)}")
         lines.append(f"| {arm} | " + " | ".join(row) + f" | {BT.hits_median(pooled[arm], args.budget)} |")
     write_json_atomic(cache_path, cache)

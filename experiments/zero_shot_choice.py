@@ -190,7 +190,6 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         print(f"error: {exc}", file=sys.stderr)
         return 2
     env, policies, val, test, test2, train, fixed_list, lists = s.env, s.policies, s.val, s.test, s.test2, s.train, s.fixed_list, s.lists
-    candidates = lists
 
     def cell(t: dict, bits: str) -> str:
         return f"{t['r_max'] - t['rewards'][bits]:.3f} [{BT.rank_of(t, t['rewards'][bits])}]"
@@ -209,10 +208,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     head = "| candidate | " + " | ".join(f"{d}: regret [rank] | walk" for d in val) + " | mean normalised regret |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     val_score = {}
-    for name in candidates:
+    for name in lists:
         val_score[name] = float(np.mean([normalised_regret(t, lists[name][d][0]) for d, t in val.items()]))
     chosen = choose(val_score)
-    for name in candidates:
+    for name in lists:
         mark = f"**{name}** (chosen)" if name == chosen else name
         lines.append(f"| {mark} | " + " | ".join(f"{cell(t, lists[name][d][0])} | {walk_cell(t, lists[name][d])}" for d, t in val.items()) + f" | {val_score[name]:.3f} |")
     lines += ["", "Test (the report):", ""]
@@ -222,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     head = "| candidate | " + " | ".join(f"{d}: regret [rank] | walk" for d in test) + " | " + " | ".join(f"{v}: mean regret | median rank" for v, _ in views) + " |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     summary: dict[str, dict[str, tuple[float, float]]] = {}
-    for name in candidates:
+    for name in lists:
         row = [f"{cell(t, lists[name][d][0])} | {walk_cell(t, lists[name][d])}" for d, t in test.items()]
         summary[name] = {}
         for v, view in views:
@@ -249,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         else:
             vs = f"fixed mask {fixed_regret:.3f} -> {'beats it' if regret < fixed_regret else 'does not beat it'}"
         lines.append(f"- test, {v}: mean regret {regret:.3f} ({vs}); median rank {100 * rank:.1f}% -> top-10% goal {'met' if rank <= 0.10 else 'not met'}")
-    walks = {name: [walk(t, lists[name][d]) for d, t in test.items()] for name in candidates}
+    walks = {name: [walk(t, lists[name][d]) for d, t in test.items()] for name in lists}
     lines.append(
         "- walk down the ranked list to within 2% (test, seed "
         + str(env.seed)

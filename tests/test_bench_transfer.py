@@ -606,44 +606,63 @@ def test_bench_prior_fit_times_each_pooled_prior(setup, second, capsys):
     assert "evaluated inverted itself" in capsys.readouterr().err
 
 
+def _script(name: str):  # noqa: ANN202
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _with_validation_table(setup, tmp_path):  # noqa: ANN001, ANN202
+    """The setup's tables plus a synthetic table of ``mirrored`` (the validation member), and a
+    lookup evaluator over them that can describe datasets: ``(tables, ev, env)``."""
+    import shutil
+
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    tables = tmp_path / "tables"
+    shutil.copytree(setup["tables"], tables)
+    write_table(setup["ev"], setup["cfg"], "mirrored", 0, tables, tmp_path)
+    env = _module().BS.load_env(setup["config"])
+    ev = LookupEvaluator.from_dir(tables)
+    ev.set_feature_net(Path(env.pretrained) / "feature_net")
+    return tables, ev, env
+
+
+def _candidate_lists(ev, members: list, fixed: list[str], dataset: str) -> dict[str, list[str]]:  # noqa: ANN001
+    """Each zero-shot candidate's ranked masks on ``dataset``, computed here from the policies:
+    the fixed list, both ensembles, each policy alone."""
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.ensemble import PolicyEnsemble
+
+    data = load_dataset(dataset, ev.image_size, ev.image_channels)
+    out = {"fixed": fixed}
+    for rule in ("mixture", "product"):
+        ens = PolicyEnsemble(members, rule)
+        out[rule] = [p.mask.bitstring for p in ens.ranked(ev, ens.describe(ev, data))]
+    for p in members:
+        out[f"policy {p.path.parent.name}"] = [x.mask.bitstring for x in p.ranked(ev, p.describe(ev, data))]
+    return out
+
+
 def test_zero_shot_choice_chooses_on_validation_and_reports_on_test(setup, second, tmp_path, capsys):
     """experiments/zero_shot_choice.py: every candidate (fixed mask, both ensembles, each policy) is
     scored on the validation table, the lowest mean normalised regret is chosen, and the test table's
     numbers (pick, regret, rank, walk down the ranked list) are the table's own."""
-    import shutil
-
-    from memrl.data.loaders import load_dataset
-    from memrl.envs.ensemble import PolicyEnsemble
     from memrl.envs.policy import TrainedPolicy
-    from memrl.evaluation.lookup import LookupEvaluator
 
-    spec = importlib.util.spec_from_file_location("zero_shot_choice", ROOT / "experiments" / "zero_shot_choice.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    tables = tmp_path / "tables"
-    shutil.copytree(setup["tables"], tables)
-    write_table(setup["ev"], setup["cfg"], "mirrored", 0, tables, tmp_path)
+    mod = _script("zero_shot_choice")
+    tables, ev, env = _with_validation_table(setup, tmp_path)
     md = tmp_path / "choice.md"
     base = ["--policies", str(setup["policy"]), str(second), "--tables", str(tables), "--config", str(setup["config"]), "--train-datasets", "inverted"]
     assert mod.main([*base, "--validation", "mirrored", "--datasets", "thick", "--markdown", str(md)]) == 0
     text = md.read_text()
     assert text == capsys.readouterr().out
-    env = _module().BS.load_env(setup["config"])
-    ev = LookupEvaluator.from_dir(tables)
-    ev.set_feature_net(Path(env.pretrained) / "feature_net")
     BS = _module().BS
     truths = {d: BS.ground_truth(ev, env, d) for d in ("mirrored", "thick", "inverted")}
     members = [TrainedPolicy.load(setup["policy"] / "policy.zip"), TrainedPolicy.load(second / "policy.zip")]
-    fixed = sorted(truths["inverted"]["rewards"].items(), key=lambda kv: (-kv[1], kv[0]))
-    lists = {}
-    for d in ("mirrored", "thick"):
-        data = load_dataset(d, ev.image_size, ev.image_channels)
-        lists[("fixed", d)] = [m for m, _ in fixed]
-        for rule in ("mixture", "product"):
-            ens = PolicyEnsemble(members, rule)
-            lists[(rule, d)] = [p.mask.bitstring for p in ens.ranked(ev, ens.describe(ev, data))]
-        for p in members:
-            lists[(f"policy {p.path.parent.name}", d)] = [x.mask.bitstring for x in p.ranked(ev, p.describe(ev, data))]
+    fixed = [m for m, _ in sorted(truths["inverted"]["rewards"].items(), key=lambda kv: (-kv[1], kv[0]))]
+    lists = {(n, d): lst for d in ("mirrored", "thick") for n, lst in _candidate_lists(ev, members, fixed, d).items()}
     names = ["fixed", "mixture", "product"] + [f"policy {p.path.parent.name}" for p in members]
 
     def norm(t: dict, bits: str) -> float:
@@ -681,36 +700,20 @@ def test_proposal_spread_chooses_a_distance_on_validation_and_reuses_its_runs(se
     """experiments/proposal_spread.py: each (source, d) row's walk is the table's own down the spread
     list, the chosen one is the rule's minimum over the rows, and a rerun with the same cache runs
     no search at all."""
-    import shutil
-
-    from memrl.data.loaders import load_dataset
-    from memrl.envs.ensemble import PolicyEnsemble
     from memrl.envs.policy import TrainedPolicy
-    from memrl.evaluation.lookup import LookupEvaluator
     from memrl.search.spread import spread
 
-    spec = importlib.util.spec_from_file_location("proposal_spread", ROOT / "experiments" / "proposal_spread.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    tables = tmp_path / "tables"
-    shutil.copytree(setup["tables"], tables)
-    write_table(setup["ev"], setup["cfg"], "mirrored", 0, tables, tmp_path)
+    mod = _script("proposal_spread")
+    tables, ev, env = _with_validation_table(setup, tmp_path)
     cache = tmp_path / "spread.json"
     argv = ["--policies", str(setup["policy"]), str(second), "--tables", str(tables), "--config", str(setup["config"]), "--train-datasets", "inverted"]
     argv += ["--validation", "mirrored", "--datasets", "thick", "--distances", "0", "2", "--k", "2", "--seeds", "1", "--budget", "6", "--cache", str(cache)]
     assert mod.main(argv) == 0
     text = capsys.readouterr().out
-    env = _module().BS.load_env(setup["config"])
-    ev = LookupEvaluator.from_dir(tables)
-    ev.set_feature_net(Path(env.pretrained) / "feature_net")
     truth = _module().BS.ground_truth(ev, env, "mirrored")
     fixed = [m for m, _ in sorted(_module().BS.ground_truth(ev, env, "inverted")["rewards"].items(), key=lambda kv: (-kv[1], kv[0]))]
     members = [TrainedPolicy.load(setup["policy"] / "policy.zip"), TrainedPolicy.load(second / "policy.zip")]
-    data = load_dataset("mirrored", ev.image_size, ev.image_channels)
-    lists = {"fixed": fixed}
-    for rule in ("mixture", "product"):
-        ens = PolicyEnsemble(members, rule)
-        lists[rule] = [p.mask.bitstring for p in ens.ranked(ev, ens.describe(ev, data))]
+    lists = _candidate_lists(ev, members, fixed, "mirrored")
     validation = text.split("Test (the report):", 1)[0]
     keys = {}
     for i, src in enumerate(("fixed", "mixture", "product")):

@@ -217,10 +217,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
             cfg = apply_sets(cfg, nest(change, drop_none=False), source=flag)
         cfg.env = with_ray(cfg.env, args.ray)
         cfg.dataset()  # one dataset, named or implied
-        if args.warm_start_spread is not None and not (cfg.search.warm_start or cfg.search.warm_start_tables):
-            raise MemrlError("--warm-start-spread needs --warm-start POLICY or --warm-start-tables DIR (or search.warm_start / search.warm_start_tables in the config): it spreads their proposals")
-        if args.warm_start_k is not None and not (cfg.search.warm_start or cfg.search.warm_start_tables):
-            raise MemrlError("--warm-start-k needs --warm-start POLICY or --warm-start-tables DIR (or search.warm_start / search.warm_start_tables in the config): it counts their proposals")
+        for flag, value, what in (("--warm-start-spread", args.warm_start_spread, "spreads"), ("--warm-start-k", args.warm_start_k, "counts")):
+            if value is not None and not (cfg.search.warm_start or cfg.search.warm_start_tables):
+                raise MemrlError(f"{flag} needs --warm-start POLICY or --warm-start-tables DIR (or search.warm_start / search.warm_start_tables in the config): it {what} their proposals")
         if args.warm_start_ensemble is not None and not isinstance(cfg.search.warm_start, list):
             raise MemrlError("--warm-start-ensemble combines several policies: give two or more --warm-start POLICY files (or a list in search.warm_start)")
     from memrl.search.run import search
