@@ -23,7 +23,9 @@ The rule, fixed before any number was seen: the (source, d) with the lowest medi
 count over the validation runs (a run that never gets there counts as ``budget + 1``) wins; ties
 go to the lower mean walk, then the smaller ``d``, then the source order above. Only then are the
 test members run: the chosen (source, d) against plain TPE and the same source with ``d = 0``
-(one-sided Mann-Whitney tests, as in ``bench_transfer.py``). TPE runs are cached in ``--cache``
+(one-sided Mann-Whitney tests, as in ``bench_transfer.py``). The choice made with each validation
+member left out is printed too: as in ``zero_shot_choice.py``, it is settled only when none of
+them moves it. TPE runs are cached in ``--cache``
 by dataset, warm list, seed and budget, so adding a validation table reruns only its runs.
 """
 
@@ -56,6 +58,19 @@ SOURCES = ("fixed", "mixture", "product")
 def rule_key(median_hits: float, mean_walk: float, d: int, source_index: int) -> tuple:
     """The order the choice sorts by (lowest first): the validation median, then the walk, then ``d``, then the source."""
     return (median_hits, mean_walk, d, source_index)
+
+
+def choice(measured: dict[tuple[str, int], dict[str, tuple[int, list[dict]]]], members: list[str], budget: int) -> tuple[str, int]:
+    """The rule's (source, d) on ``members`` only. ``measured`` maps (source, d) -> member -> (walk,
+    TPE traces with their ``hit``); its sources are ranked in :data:`SOURCES` order."""
+
+    def key(arm: tuple[str, int]) -> tuple:
+        traces = [tr for d in members for tr in measured[arm][d][1]]
+        med = BS.quantiles([t["hit"] for t in traces], budget)[1]
+        walks = [measured[arm][d][0] for d in members]
+        return rule_key(med[0] if not med[1] else budget + 1, float(np.mean(walks)), arm[1], SOURCES.index(arm[0]))
+
+    return min(measured, key=key)
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: C901
@@ -117,19 +132,33 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     lines += ["", "Validation (the choice):", ""]
     head = "| source | d | first proposals on " + next(iter(s.val)) + " | " + " | ".join(f"{d}: walk" for d in s.val) + " | mean walk | tpe+warm median [IQR] |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    scores = {}
-    for i, src in enumerate(sources):
+    #: (source, d) -> validation member -> (walk, TPE traces)
+    measured: dict[tuple[str, int], dict[str, tuple[int, list[dict]]]] = {}
+    for src in sources:
         for dist in distances:
             spread_lists = {d: spread(s.lists[src][d], dist) for d in s.val}
-            walks = [walked(t, spread_lists[d]) for d, t in s.val.items()]
-            traces = [tr for d, t in s.val.items() for tr in hits(d, t, spread_lists[d][: args.k])]
-            med = BS.quantiles([t["hit"] for t in traces], args.budget)[1]
-            scores[(src, dist)] = rule_key(med[0] if not med[1] else args.budget + 1, float(np.mean(walks)), dist, i)
+            measured[(src, dist)] = {d: (walked(t, spread_lists[d]), hits(d, t, spread_lists[d][: args.k])) for d, t in s.val.items()}
+            walks = [w for w, _ in measured[(src, dist)].values()]
+            traces = [tr for _, trs in measured[(src, dist)].values() for tr in trs]
             first = spread_lists[next(iter(s.val))][: args.k]
             lines.append(f"| {src} | {dist} | {' '.join(first)} | " + " | ".join(map(str, walks)) + f" | {np.mean(walks):.1f} | {BT.hits_median(traces, args.budget)} |")
-    chosen = min(scores, key=scores.get)
+
+    chosen = choice(measured, list(s.val), args.budget)
     src, dist = chosen
-    lines += ["", f"Chosen on validation: **{src}, d = {dist}**" + (f" ({len(s.val)} validation member(s), fewer than {ZC.SETTLED_AT}: a hint, not a settled rule)" if len(s.val) < ZC.SETTLED_AT else ""), ""]
+    loo = {left: choice(measured, [d for d in s.val if d != left], args.budget) for left in s.val} if len(s.val) > 1 else {}
+    if ZC.settled(len(s.val), chosen, loo):
+        status = " (settled: the same choice whichever one validation member is left out)"
+    elif len(s.val) < ZC.SETTLED_AT:
+        status = f" ({len(s.val)} validation member(s), fewer than {ZC.SETTLED_AT}: a hint, not a settled rule)"
+    else:
+        status = " (not settled: the choice moves when one validation member is left out)"
+    lines += ["", f"Chosen on validation: **{src}, d = {dist}**" + status, ""]
+    if loo:
+        lines += [
+            "Leave one validation member out: "
+            + ", ".join(f"without {d} -> {a}, d = {b}" + ("" if (a, b) == chosen else " (moves)") for d, (a, b) in loo.items()),
+            "",
+        ]
 
     lines += ["Test (the report):", ""]
     arms = {"tpe": None, f"{src}, d = 0": (src, 0)}

@@ -18,7 +18,9 @@ members. The candidates are what a user of memrl could ship for a new dataset wi
 The rule, fixed before any validation table existed: the candidate with the lowest mean
 *normalised* regret over the validation members wins, the regret divided by the table's best
 minus its mean reward (members differ in scale tenfold); ties go to the earlier candidate in
-the order above (the fixed mask first: it needs no policy). The report gives each candidate's
+the order above (the fixed mask first: it needs no policy). The choice counts as settled only
+with ``SETTLED_AT`` or more members *and* the same winner whichever one member is left out (the
+report prints each leave-one-out choice). The report gives each candidate's
 regret and rank on the validation and test tables (on the next evaluation seed and the mean of
 both where those tables exist), the goals of the issue for the chosen one, and how far down each
 candidate's ranked list one must walk, one real evaluation per mask, to come within 2% of the
@@ -40,6 +42,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 #: Fewer validation members than this and the report says the choice is a hint, not a settled rule.
+#: A count alone is not enough: the choice is settled only when it also survives leaving out any
+#: one validation member (see :func:`leave_one_out`).
 SETTLED_AT = 3
 
 
@@ -76,6 +80,27 @@ def choose(scores: dict[str, float]) -> str:
     """The candidate with the lowest score; ties go to the earliest (``scores`` is in candidate order)."""
     best = min(scores.values())
     return next(name for name, s in scores.items() if s <= best + 1e-12)
+
+
+def leave_one_out(per_member: dict[str, dict[str, float]]) -> dict[str, str]:
+    """The choice made with each validation member left out in turn.
+
+    ``per_member`` maps candidate -> member -> normalised regret (candidates in candidate order).
+    Returns member -> the candidate :func:`choose` picks from the other members' mean; empty with
+    fewer than two members (leaving one out would leave nothing to choose on)."""
+    members = list(next(iter(per_member.values())))
+    if len(members) < 2:
+        return {}
+    return {
+        left: choose({name: float(np.mean([v for d, v in scores.items() if d != left])) for name, scores in per_member.items()})
+        for left in members
+    }
+
+
+def settled(n_members: int, chosen: str, loo: dict[str, str]) -> bool:
+    """Whether the choice counts as settled: at least :data:`SETTLED_AT` validation members, and the
+    same candidate chosen whichever one member is left out."""
+    return n_members >= SETTLED_AT and all(c == chosen for c in loo.values())
 
 
 class Setup(NamedTuple):
@@ -207,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     lines += ["", "Validation (the choice):", ""]
     head = "| candidate | " + " | ".join(f"{d}: regret [rank] | walk" for d in val) + " | mean normalised regret |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    val_score = {}
-    for name in lists:
-        val_score[name] = float(np.mean([normalised_regret(t, lists[name][d][0]) for d, t in val.items()]))
+    per_member = {name: {d: normalised_regret(t, lists[name][d][0]) for d, t in val.items()} for name in lists}
+    val_score = {name: float(np.mean(list(scores.values()))) for name, scores in per_member.items()}
     chosen = choose(val_score)
+    loo = leave_one_out(per_member)
     for name in lists:
         mark = f"**{name}** (chosen)" if name == chosen else name
         lines.append(f"| {mark} | " + " | ".join(f"{cell(t, lists[name][d][0])} | {walk_cell(t, lists[name][d])}" for d, t in val.items()) + f" | {val_score[name]:.3f} |")
@@ -233,13 +258,23 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         mark = f"**{name}** (chosen)" if name == chosen else name
         lines.append(f"| {mark} | " + " | ".join(row) + " |")
     lines += ["", "Verdict:", ""]
-    thin = len(val) < SETTLED_AT
+    if settled(len(val), chosen, loo):
+        status = ". Settled: the same choice whichever one member is left out"
+    elif len(val) < SETTLED_AT:
+        status = f". {len(val)} validation member(s), fewer than {SETTLED_AT}: a hint, not a settled rule"
+    else:
+        status = ". Not settled: the choice moves when one member is left out"
     lines.append(
         f"- chosen on validation: **{chosen}** (mean normalised regret {val_score[chosen]:.3f} on {len(val)} member(s); "
         + ", ".join(f"{n} {s:.3f}" for n, s in val_score.items() if n != chosen)
         + ")"
-        + (f". {len(val)} validation member(s), fewer than {SETTLED_AT}: a hint, not a settled rule" if thin else "")
+        + status
     )
+    if loo:
+        lines.append(
+            "- leave one validation member out: "
+            + ", ".join(f"without {d} -> {c}" + ("" if c == chosen else " (moves)") for d, c in loo.items())
+        )
     for v, _ in views:
         regret, rank = summary[chosen][v]
         fixed_regret = summary["fixed"][v][0]

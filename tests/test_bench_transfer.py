@@ -677,6 +677,7 @@ def test_zero_shot_choice_chooses_on_validation_and_reports_on_test(setup, secon
     chosen = next(n for n in names if scores[n] <= best + 1e-12)
     assert f"- chosen on validation: **{chosen}** (mean normalised regret {scores[chosen]:.3f} on 1 member(s)" in text
     assert "a hint, not a settled rule" in text
+    assert "leave one validation member out" not in text  # one member: nothing to leave out
     validation, test = text.split("Test (the report):", 1)
     t = truths["thick"]
     for n in names:
@@ -726,6 +727,7 @@ def test_proposal_spread_chooses_a_distance_on_validation_and_reuses_its_runs(se
             keys[(src, d)] = (7 if hit == ">6" else float(hit), float(row[4]), d, i)
     src, d = min(keys, key=keys.get)
     assert f"Chosen on validation: **{src}, d = {d}**" in text
+    assert "Leave one validation member out" not in text  # one member: nothing to leave out
     assert "- " + (f"{src}, d = {d} (chosen)" if d else f"{src}, d = 0") + " vs tpe: " in text
     # a rerun answers every search from the cache
     mod.BT.run_tpe = lambda *a, **k: (_ for _ in ()).throw(AssertionError("a search ran again"))
@@ -733,6 +735,28 @@ def test_proposal_spread_chooses_a_distance_on_validation_and_reuses_its_runs(se
     assert capsys.readouterr().out == text
     assert mod.main([*argv[:-8], "--k", "4", "--budget", "3", "--cache", str(cache)]) == 2
     assert "--budget >= --k" in capsys.readouterr().err
+
+
+def test_proposal_spread_choice_on_a_subset_of_members():
+    """The rule on any subset of validation members: the pooled median of the TPE hits, then the
+    mean walk, then d, then the source order; leaving one member out can move it."""
+    mod = _script("proposal_spread")
+
+    def runs(*hits):  # noqa: ANN002, ANN202
+        return [{"hit": h} for h in hits]
+
+    measured = {
+        ("fixed", 0): {"a": (3, runs(2, 2)), "b": (9, runs(20, 20))},
+        ("product", 2): {"a": (1, runs(6, 6)), "b": (1, runs(6, 6))},
+        ("mixture", 0): {"a": (5, runs(2, 2)), "b": (5, runs(None, None))},  # never within 2% on b: budget + 1
+    }
+    assert mod.choice(measured, ["a", "b"], 30) == ("product", 2)  # pooled medians 11, 6, 16.5
+    assert mod.choice(measured, ["a"], 30) == ("fixed", 0)  # fixed and mixture tie at 2: the lower walk
+    assert mod.choice(measured, ["b"], 30) == ("product", 2)
+    measured[("mixture", 0)]["a"] = (3, runs(2, 2))  # now a full tie on a: the smaller d, then the source order
+    assert mod.choice(measured, ["a"], 30) == ("fixed", 0)
+    measured[("mixture", 0)]["a"], measured[("fixed", 0)]["a"] = (3, runs(2, 2)), (3, runs(3, 3))
+    assert mod.choice(measured, ["a"], 30) == ("mixture", 0)
 
 
 def test_zero_shot_choice_breaks_ties_toward_the_fixed_mask():
@@ -745,6 +769,24 @@ def test_zero_shot_choice_breaks_ties_toward_the_fixed_mask():
     assert mod.walk(truth, ["01", "00", "10"]) == 2  # -1.0 scores 0.99 of the span: within 2%
     assert mod.walk(truth, ["01"]) is None
     assert mod.normalised_regret(truth, "10") == 0.0
+
+
+def test_zero_shot_choice_is_settled_only_when_no_left_out_member_moves_it():
+    """The leave-one-out choices are the argmin over the other members' mean; the choice is settled
+    with enough members only when none of them moves it."""
+    mod = _script("zero_shot_choice")
+    # fixed wins on the mean (0.4 vs 0.5) only because of member b: leave b out and product wins
+    per_member = {"fixed": {"a": 0.6, "b": 0.0, "c": 0.6}, "product": {"a": 0.3, "b": 0.9, "c": 0.3}}
+    assert mod.choose({n: float(np.mean(list(v.values()))) for n, v in per_member.items()}) == "fixed"
+    loo = mod.leave_one_out(per_member)
+    assert loo == {"a": "fixed", "b": "product", "c": "fixed"}
+    assert not mod.settled(3, "fixed", loo)
+    stable = {"fixed": {"a": 0.1, "b": 0.2, "c": 0.1}, "product": {"a": 0.3, "b": 0.9, "c": 0.3}}
+    loo = mod.leave_one_out(stable)
+    assert set(loo.values()) == {"fixed"}
+    assert mod.settled(3, "fixed", loo)
+    assert not mod.settled(2, "fixed", mod.leave_one_out({n: {"a": v["a"], "b": v["b"]} for n, v in stable.items()}))  # too few members
+    assert mod.leave_one_out({"fixed": {"a": 0.1}, "product": {"a": 0.0}}) == {}  # one member: nothing to leave out
 
 
 def test_search_warm_started_with_the_best_fixed_masks_of_other_tables(setup, tmp_path, capsys):
