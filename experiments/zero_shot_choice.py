@@ -2,7 +2,7 @@
 
     python experiments/zero_shot_choice.py --policies RUN_S0 RUN_S1 RUN_S2 \\
         [--tables experiments/results/exhaustive] [--config experiments/exhaustive.yaml] \\
-        [--validation family:64 ...] [--datasets family:80 ...] [--train-datasets family:0 family:1] [--markdown FILE]
+        [--validation family:64 ...] [--datasets family:80 ...] [--train-datasets family:0 family:1] [--markdown FILE] [--plot PNG]
 
 ``bench_transfer.py`` scores every zero-shot rule on the test members, so a rule chosen by those
 numbers (the ensemble's ``mixture`` default was) is not a blind choice. This script makes the
@@ -101,6 +101,46 @@ def settled(n_members: int, chosen: str, loo: dict[str, str]) -> bool:
     """Whether the choice counts as settled: at least :data:`SETTLED_AT` validation members, and the
     same candidate chosen whichever one member is left out."""
     return n_members >= SETTLED_AT and all(c == chosen for c in loo.values())
+
+
+def plot_choice(per_member: dict[str, dict[str, float]], chosen: str, out: Path) -> None:
+    """Grouped bars of each candidate's normalised regret per validation member and on their mean
+    (the chosen candidate outlined), written atomically to ``out`` (PNG): where one member's bar
+    towers over the rest, that member decides the choice."""
+    import os
+    import tempfile
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(per_member)
+    members = list(next(iter(per_member.values())))
+    groups = [*members, "mean"]
+    width = 0.8 / len(names)
+    fig, ax = plt.subplots(figsize=(1.3 + 1.1 * len(groups) * max(1, len(names) / 4), 3.6))
+    x = np.arange(len(groups))
+    for i, name in enumerate(names):
+        y = [per_member[name][d] for d in members] + [float(np.mean(list(per_member[name].values())))]
+        ax.bar(x + (i - (len(names) - 1) / 2) * width, y, width, label=name + (" (chosen)" if name == chosen else ""),
+               edgecolor="black" if name == chosen else "none", linewidth=1.2)
+    ax.set_xticks(x, groups, fontsize=8)
+    ax.set_ylabel("normalised regret\n(0 = optimum, 1 = an average mask)")
+    ax.set_title("zero-shot candidates on the validation members", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, out)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class Setup(NamedTuple):
@@ -206,6 +246,7 @@ def command_line(script: str, argv: list[str] | None) -> str:
 def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(ap)
+    ap.add_argument("--plot", default=None, help="also draw each candidate's normalised regret per validation member to this PNG")
     args = ap.parse_args(argv)
     from memrl.errors import MemrlError
 
@@ -296,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         from memrl.utils.io import write_text_atomic
 
         write_text_atomic(Path(args.markdown), text)
+    if args.plot:
+        plot_choice(per_member, chosen, Path(args.plot))
     return 0
 
 

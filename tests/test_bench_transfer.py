@@ -655,7 +655,9 @@ def test_zero_shot_choice_chooses_on_validation_and_reports_on_test(setup, secon
     tables, ev, env = _with_validation_table(setup, tmp_path)
     md = tmp_path / "choice.md"
     base = ["--policies", str(setup["policy"]), str(second), "--tables", str(tables), "--config", str(setup["config"]), "--train-datasets", "inverted"]
-    assert mod.main([*base, "--validation", "mirrored", "--datasets", "thick", "--markdown", str(md)]) == 0
+    png = tmp_path / "figs" / "choice.png"
+    assert mod.main([*base, "--validation", "mirrored", "--datasets", "thick", "--markdown", str(md), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and list(png.parent.iterdir()) == [png]  # no temporary file left behind
     text = md.read_text()
     assert text == capsys.readouterr().out
     BS = _module().BS
