@@ -103,6 +103,24 @@ def settled(n_members: int, chosen: str, loo: dict[str, str]) -> bool:
     return n_members >= SETTLED_AT and all(c == chosen for c in loo.values())
 
 
+def members_needed(diffs: list[float], alpha: float = 0.05, power: float = 0.8) -> float | None:
+    """How many validation members a one-sided paired test would need to tell two candidates apart
+    at level ``alpha`` with ``power``, if the per-member differences ``diffs`` (one candidate's
+    normalised regret minus the other's) keep their mean and spread: ``((z_a + z_b) sd / mean)^2``
+    (normal approximation). ``inf`` when the mean difference is 0, ``None`` with fewer than two
+    members (no spread to measure). With a handful of members the spread is itself a rough
+    estimate: read the answer as an order of magnitude."""
+    from scipy.stats import norm
+
+    x = np.asarray(diffs, dtype=float)
+    if len(x) < 2:
+        return None
+    mean, sd = float(x.mean()), float(x.std(ddof=1))
+    if abs(mean) < 1e-12:
+        return float("inf")
+    return float(((norm.ppf(1 - alpha) + norm.ppf(power)) * sd / abs(mean)) ** 2)
+
+
 def plot_choice(per_member: dict[str, dict[str, float]], chosen: str, out: Path) -> None:
     """Grouped bars of each candidate's normalised regret per validation member and on their mean
     (the chosen candidate outlined), written atomically to ``out`` (PNG): where one member's bar
@@ -311,6 +329,18 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         + ")"
         + status
     )
+    if len(val) > 1:
+        parts = []
+        for n in lists:
+            if n == chosen:
+                continue
+            diffs = [per_member[n][d] - per_member[chosen][d] for d in val]
+            need = members_needed(diffs)
+            parts.append(f"{n} {np.mean(diffs):+.3f} (sd {np.std(diffs, ddof=1):.3f}, ~{'∞' if need == float('inf') else f'{max(2, int(np.ceil(need)))}'} members)")
+        lines.append(
+            f"- paired against **{chosen}** on the validation members, each candidate's mean excess normalised regret, its spread over the members, and about how "
+            "many members a one-sided paired test at 5% would need to separate the two with 80% power at that mean and spread: " + ", ".join(parts)
+        )
     if loo:
         lines.append(
             "- leave one validation member out: "

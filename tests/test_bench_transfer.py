@@ -679,7 +679,7 @@ def test_zero_shot_choice_chooses_on_validation_and_reports_on_test(setup, secon
     chosen = next(n for n in names if scores[n] <= best + 1e-12)
     assert f"- chosen on validation: **{chosen}** (mean normalised regret {scores[chosen]:.3f} on 1 member(s)" in text
     assert "a hint, not a settled rule" in text
-    assert "leave one validation member out" not in text  # one member: nothing to leave out
+    assert "leave one validation member out" not in text and "paired against" not in text  # one member: nothing to leave out, no spread
     validation, test = text.split("Test (the report):", 1)
     t = truths["thick"]
     for n in names:
@@ -729,7 +729,7 @@ def test_proposal_spread_chooses_a_distance_on_validation_and_reuses_its_runs(se
             keys[(src, d)] = (7 if hit == ">6" else float(hit), float(row[4]), d, i)
     src, d = min(keys, key=keys.get)
     assert f"Chosen on validation: **{src}, d = {d}**" in text
-    assert "Leave one validation member out" not in text  # one member: nothing to leave out
+    assert "Leave one validation member out" not in text and "Paired against" not in text  # one member: nothing to leave out, no spread
     assert "- " + (f"{src}, d = {d} (chosen)" if d else f"{src}, d = 0") + " vs tpe: " in text
     # a rerun answers every search from the cache
     mod.BT.run_tpe = lambda *a, **k: (_ for _ in ()).throw(AssertionError("a search ran again"))
@@ -737,6 +737,16 @@ def test_proposal_spread_chooses_a_distance_on_validation_and_reuses_its_runs(se
     assert capsys.readouterr().out == text
     assert mod.main([*argv[:-8], "--k", "4", "--budget", "3", "--cache", str(cache)]) == 2
     assert "--budget >= --k" in capsys.readouterr().err
+
+
+def test_members_needed_is_the_paired_power_formula():
+    mod = _script("zero_shot_choice")
+    # mean 0.2, sd 0.1414: ((1.645 + 0.842) * 0.1414 / 0.2)^2 = 3.09
+    assert mod.members_needed([0.1, 0.3]) == pytest.approx(3.09, abs=0.01)
+    # the same mean with ten times the spread needs a hundred times the members
+    assert mod.members_needed([-0.8, 1.2]) == pytest.approx(100 * mod.members_needed([0.1, 0.3]))
+    assert mod.members_needed([0.3, -0.3]) == float("inf")  # no mean difference: no number of members separates them
+    assert mod.members_needed([0.5]) is None  # one member: no spread to measure
 
 
 def test_proposal_spread_choice_on_a_subset_of_members():
