@@ -1,7 +1,7 @@
 """Does the dataset descriptor help pick a mask for a new dataset? The reward model with and without it.
 
     python experiments/bench_context.py --run runs/amortised-s0 [--tables experiments/results/exhaustive] \\
-        [--datasets family:80 ...] [--config experiments/exhaustive.yaml] [--markdown FILE]
+        [--datasets family:80 ...] [--config experiments/exhaustive.yaml] [--library family:0 ...] [--markdown FILE]
 
 A policy can only beat the best fixed mask if what tells datasets apart (the descriptor) predicts
 which mask is good. This asks that directly, with the real evaluations an amortised ``memrl
@@ -17,7 +17,10 @@ For every test member with a complete exhaustive table, each model's zero-shot p
 with the highest predicted reward among all masks) is scored by the table: regret
 (``r_max - r``), rank among the masks and the Spearman correlation of the model's predicted
 rewards with the table's (how well it orders masks on a dataset it never saw). Beside them: the
-best fixed mask of the training members' tables (when any exist) and a random mask. Nothing is
+best fixed mask of the training members' tables (when any exist) and a random mask. With
+``--library D ...`` the model is fitted on every mask of those datasets' complete tables instead
+(the run only gives the descriptor basis): what more evaluations per training member could at
+best teach it, a bound on what the amortised run's sparse evaluations leave out. Nothing is
 fine-tuned; it runs in seconds. The verdict line says which pick has the lower mean regret.
 """
 
@@ -88,6 +91,24 @@ def run_inputs(run: Path | Sequence[Path], tables: Path, config: str):  # noqa: 
     return env, ev, net, basis, rows
 
 
+def library_rows(ev, env, names: Sequence[str]) -> list[tuple[str, str, float]]:  # noqa: ANN001
+    """``(dataset, mask bits, reward)`` of every mask of each named dataset's complete table: what
+    the reward model would learn from training members evaluated in full, instead of the ~14 masks
+    per member an amortised run evaluates. :class:`MemrlError` when a table is not complete."""
+    from memrl.errors import MemrlError
+
+    rows = []
+    for d in names:
+        try:
+            t = BS.ground_truth(ev, env, d)
+        except MemrlError as exc:
+            raise MemrlError(f"--library {d}: {exc}") from None
+        if t is None:
+            raise MemrlError(f"--library {d}: the tables do not hold every mask of it for the config's env (seed {env.seed})")
+        rows += [(d, bits, float(r)) for bits, r in sorted(t["rewards"].items())]
+    return rows
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
@@ -101,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--datasets", nargs="+", default=None, help="datasets to test on (default: every test member with a complete table)")
     ap.add_argument("--train-datasets", nargs="+", default=None, help="datasets whose tables give the best fixed mask (default: every training member with a complete table)")
     ap.add_argument("--config", default="experiments/exhaustive.yaml", help="the env the tables were made with")
+    ap.add_argument("--library", nargs="+", default=None, help="fit the reward model on every mask of these datasets' complete tables (e.g. the training and validation members) instead of the run's evaluations; the run still gives the descriptor basis")
+    ap.add_argument("--target", choices=["raw", "per_dataset"], default="raw", help="what the reward model is fitted on: raw rewards, or rewards standardised within each training dataset (memrl.evaluation.surrogate.standardise_by_group: a wide-range member does not dominate the fit)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the reward model's optimiser restarts")
     ap.add_argument("--markdown", default=None, help="also write the markdown to this file")
     args = ap.parse_args(argv)
@@ -108,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from memrl.data.loaders import load_dataset
     from memrl.errors import MemrlError
-    from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures
+    from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures, standardise_by_group
 
     run, tables = [Path(r) for r in args.run], Path(args.tables)
     run_name = " + ".join(map(str, run))
@@ -116,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         env, ev, net, basis, rows = run_inputs(run, tables, args.config)
         names = BS.table_datasets(tables)
         test_names = args.datasets or [d for d in names if BT.split_of(d) == "test"]
-        train_names = args.train_datasets or [d for d in names if BT.split_of(d) == "train"]
+        # with a library, the best fixed mask comes from the same tables the model is fitted on
+        train_names = args.train_datasets or args.library or [d for d in names if BT.split_of(d) == "train"]
         truths = {d: t for d in test_names if (t := BS.ground_truth(ev, env, d)) is not None}
+        if args.library:  # checked before the fixed mask reads the same tables
+            rows = library_rows(ev, env, args.library)
         train_truths = {d: t for d in train_names if (t := BS.ground_truth(ev, env, d)) is not None}
     except MemrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -127,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     leak = sorted({d for d, _, _ in rows} & set(truths))
     if leak:
-        print(f"error: {run_name} trained on {', '.join(leak)}, a dataset tested here", file=sys.stderr)
+        source = "--library holds" if args.library else f"{run_name} trained on"
+        print(f"error: {source} {', '.join(leak)}, a dataset tested here", file=sys.stderr)
         return 2
 
     desc: dict[str, np.ndarray] = {}
@@ -135,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         desc[d] = basis.describe(net, load_dataset(d, ev.image_size, ev.image_channels))
     n_units = len(ev.units)
     y = np.asarray([r for _, _, r in rows])
+    if args.target == "per_dataset":  # the argmax on a new dataset does not depend on its scale
+        y = standardise_by_group(y, [d for d, _, _ in rows])
     with_ctx = SurrogateFeatures(basis.dim, n_units)
     without = SurrogateFeatures(0, n_units)
     models = {
@@ -143,9 +172,14 @@ def main(argv: list[str] | None = None) -> int:
     }
     fixed = BT.best_fixed(train_truths)[0][0] if train_truths else None
 
+    fitted_on = (
+        f"every mask of the complete tables of {', '.join(args.library)} ({len(rows)} rows; descriptor basis of `{run_name}`)"
+        if args.library
+        else f"{len(rows)} real evaluations of `{run_name}` on {len({d for d, _, _ in rows})} training members (descriptor basis of that run)"
+    )
     lines = [
-        f"Reward model zero-shot on test members: {len(rows)} real evaluations of `{run_name}` on "
-        f"{len({d for d, _, _ in rows})} training members (descriptor basis of that run); ground truth: the tables under `{tables}` "
+        f"Reward model zero-shot on test members, fitted on {fitted_on}" + (", rewards standardised within each dataset" if args.target == "per_dataset" else "")
+        + f"; ground truth: the tables under `{tables}` "
         f"(seed {env.seed}). Regret = r_max - r; rank among {n_units and 2 ** n_units} masks; rho = Spearman of predicted vs true rewards over all masks.",
         "",
         "| dataset | with context: regret (rank), rho | without context: regret (rank), rho | best fixed" + (f" `{fixed}`" if fixed else "") + " | random (expected) |",
@@ -181,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "Mean regret: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()) + "."]
     lines.append("Median rank: " + ", ".join(f"{k} {float(np.median(v)):g}" for k, v in ranks.items() if v) + "; mean rho: " + ", ".join(f"{k} {float(np.mean(v)):.2f}" for k, v in rhos.items()) + ".")
     if fixed is not None:
-        lines.append(f"The best fixed mask comes from {len(train_truths)} training table(s) ({', '.join(train_truths)}), every mask evaluated on each.")
+        lines.append(f"The best fixed mask (best mean reward) comes from {len(train_truths)} table(s) ({', '.join(train_truths)}), every mask evaluated on each.")
     best = min(means, key=means.get)
     lines.append(f"Verdict: lowest mean regret over {len(truths)} test member(s): **{best}**.")
     print("\n".join(lines))

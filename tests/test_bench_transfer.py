@@ -287,6 +287,27 @@ def test_bench_context_scores_each_pick_by_the_table(setup, tmp_path, capsys):
     assert "Verdict: lowest mean regret over 1 test member(s)" in text
     assert mod.main([*base, "--datasets", "inverted"]) == 2
     assert "trained on inverted" in capsys.readouterr().err
+    # --library: fitted on every mask of inverted's complete table; the best fixed mask is the library's
+    assert mod.main([*base, "--datasets", "thick", "--library", "inverted", "--markdown", str(md)]) == 0
+    lib = md.read_text()
+    capsys.readouterr()
+    assert f"complete tables of inverted ({2 ** len(ev.units)} rows" in lib
+    row = next(_cells(x) for x in lib.splitlines() if x.startswith("| thick |"))
+    assert float(row[3].split(" ")[0]) == pytest.approx(truth["r_max"] - truth["rewards"][fixed], abs=1e-3)
+    for cell in row[1:3]:
+        bits = cell.split("`")[1]
+        assert float(cell.split(" ")[0]) == pytest.approx(truth["r_max"] - truth["rewards"][bits], abs=1e-3)
+    # standardised within each dataset: one library table, so an affine map of its rewards, the same picks
+    assert mod.main([*base, "--datasets", "thick", "--library", "inverted", "--target", "per_dataset", "--markdown", str(md)]) == 0
+    capsys.readouterr()
+    std = md.read_text()
+    assert "rewards standardised within each dataset" in std and "standardised" not in lib
+    srow = next(_cells(x) for x in std.splitlines() if x.startswith("| thick |"))
+    assert [c.split("`")[1] for c in srow[1:3]] == [c.split("`")[1] for c in row[1:3]]
+    assert mod.main([*base, "--datasets", "thick", "--library", "thick"]) == 2
+    assert "--library holds thick" in capsys.readouterr().err
+    assert mod.main([*base, "--datasets", "thick", "--library", "mirrored"]) == 2
+    assert "--library mirrored: dataset digits/mirrored" in capsys.readouterr().err  # no table of it at all
 
 
 def test_zero_shot_rule_scores_each_left_out_pick(setup, tmp_path, capsys):
