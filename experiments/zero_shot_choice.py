@@ -125,10 +125,11 @@ def plot_choice(per_member: dict[str, dict[str, float]], chosen: str, out: Path)
     """Grouped bars of each candidate's normalised regret per validation member and on their mean
     (the chosen candidate outlined), written atomically to ``out`` (PNG): where one member's bar
     towers over the rest, that member decides the choice."""
-    import os
-    import tempfile
+    import io
 
     import matplotlib
+
+    from memrl.utils.io import write_bytes_atomic
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -149,16 +150,10 @@ def plot_choice(per_member: dict[str, dict[str, float]], chosen: str, out: Path)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=out.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    plt.close(fig)
+    write_bytes_atomic(out, buf.getvalue())
 
 
 class Setup(NamedTuple):

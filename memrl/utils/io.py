@@ -28,13 +28,19 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
-    """Write text to a temporary file in the same folder, fsync, then rename over ``path``."""
+    """Write text (UTF-8) to a temporary file in the same folder, fsync, then rename over ``path``."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write bytes (a figure, an archive) to a temporary file in the same folder, fsync, then
+    rename over ``path``: a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, _plain_mode())
