@@ -91,13 +91,13 @@ def run_inputs(run: Path | Sequence[Path], tables: Path, config: str):  # noqa: 
     return env, ev, net, basis, rows
 
 
-def library_rows(ev, env, names: Sequence[str]) -> list[tuple[str, str, float]]:  # noqa: ANN001
-    """``(dataset, mask bits, reward)`` of every mask of each named dataset's complete table: what
-    the reward model would learn from training members evaluated in full, instead of the ~14 masks
-    per member an amortised run evaluates. :class:`MemrlError` when a table is not complete."""
+def library_truths(ev, env, names: Sequence[str]) -> dict[str, dict]:  # noqa: ANN001
+    """Each named dataset's complete table (:func:`bench_search.ground_truth`): what the reward
+    model would learn from training members evaluated in full, instead of the ~14 masks per member
+    an amortised run evaluates. :class:`MemrlError` when a table is missing or not complete."""
     from memrl.errors import MemrlError
 
-    rows = []
+    out = {}
     for d in names:
         try:
             t = BS.ground_truth(ev, env, d)
@@ -105,8 +105,13 @@ def library_rows(ev, env, names: Sequence[str]) -> list[tuple[str, str, float]]:
             raise MemrlError(f"--library {d}: {exc}") from None
         if t is None:
             raise MemrlError(f"--library {d}: the tables do not hold every mask of it for the config's env (seed {env.seed})")
-        rows += [(d, bits, float(r)) for bits, r in sorted(t["rewards"].items())]
-    return rows
+        out[d] = t
+    return out
+
+
+def table_rows(truths: dict[str, dict]) -> list[tuple[str, str, float]]:
+    """``(dataset, mask bits, reward)`` of every mask of each table."""
+    return [(d, bits, float(r)) for d, t in truths.items() for bits, r in sorted(t["rewards"].items())]
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -142,9 +147,10 @@ def main(argv: list[str] | None = None) -> int:
         # with a library, the best fixed mask comes from the same tables the model is fitted on
         train_names = args.train_datasets or args.library or [d for d in names if BT.split_of(d) == "train"]
         truths = {d: t for d in test_names if (t := BS.ground_truth(ev, env, d)) is not None}
-        if args.library:  # checked before the fixed mask reads the same tables
-            rows = library_rows(ev, env, args.library)
-        train_truths = {d: t for d in train_names if (t := BS.ground_truth(ev, env, d)) is not None}
+        library = library_truths(ev, env, args.library) if args.library else {}  # checked before the fixed mask reads the same tables
+        if library:
+            rows = table_rows(library)
+        train_truths = {d: t for d in train_names if (t := library.get(d) or BS.ground_truth(ev, env, d)) is not None}
     except MemrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

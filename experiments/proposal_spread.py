@@ -158,9 +158,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         parts = []
         for arm, meds in per_member.items():
             if arm != chosen:
-                diffs = [meds[d] - per_member[chosen][d] for d in s.val]
-                need = ZC.members_needed(diffs)
-                parts.append(f"{arm[0]}, d = {arm[1]}: {np.mean(diffs):+.1f} (sd {np.std(diffs, ddof=1):.1f}, ~{'∞' if need == float('inf') else max(2, int(np.ceil(need)))} members)")
+                parts.append(f"{arm[0]}, d = {arm[1]}: {ZC.paired_cell([meds[d] - per_member[chosen][d] for d in s.val], 1)}")
         lines += [
             "Paired against the chosen on the validation members (per-member median tpe+warm evaluations, a run that never gets within 2% counted as "
             f"{args.budget + 1}): the mean excess, its spread, and about how many members a one-sided paired test at 5% would need with 80% power: " + "; ".join(parts),

@@ -121,6 +121,14 @@ def members_needed(diffs: list[float], alpha: float = 0.05, power: float = 0.8) 
     return float(((norm.ppf(1 - alpha) + norm.ppf(power)) * sd / abs(mean)) ** 2)
 
 
+def paired_cell(diffs: list[float], digits: int) -> str:
+    """``+mean (sd s, ~N members)`` of per-member differences: the mean excess over the chosen
+    candidate, its spread and :func:`members_needed` (at least 2), as both choice reports print it."""
+    need = members_needed(diffs)
+    n = "∞" if need == float("inf") else str(max(2, int(np.ceil(need))))
+    return f"{np.mean(diffs):+.{digits}f} (sd {np.std(diffs, ddof=1):.{digits}f}, ~{n} members)"
+
+
 def plot_choice(per_member: dict[str, dict[str, float]], chosen: str, out: Path) -> None:
     """Grouped bars of each candidate's normalised regret per validation member and on their mean
     (the chosen candidate outlined), written atomically to ``out`` (PNG): where one member's bar
@@ -329,9 +337,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         for n in lists:
             if n == chosen:
                 continue
-            diffs = [per_member[n][d] - per_member[chosen][d] for d in val]
-            need = members_needed(diffs)
-            parts.append(f"{n} {np.mean(diffs):+.3f} (sd {np.std(diffs, ddof=1):.3f}, ~{'∞' if need == float('inf') else f'{max(2, int(np.ceil(need)))}'} members)")
+            parts.append(f"{n} {paired_cell([per_member[n][d] - per_member[chosen][d] for d in val], 3)}")
         lines.append(
             f"- paired against **{chosen}** on the validation members, each candidate's mean excess normalised regret, its spread over the members, and about how "
             "many members a one-sided paired test at 5% would need to separate the two with 80% power at that mean and spread: " + ", ".join(parts)
