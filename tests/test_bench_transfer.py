@@ -886,3 +886,89 @@ def test_best_fixed_masks_is_the_mean_over_datasets():
     assert [v for _, v in got] == [-2.0, -2.0, -2.5]
     with pytest.raises(MemrlError, match="at least one dataset"):
         best_fixed_masks([])
+
+
+def test_descriptor_similarity_mantel_is_a_permutation_test():
+    """descriptor_similarity.mantel: a matrix that is a monotone map of the other correlates
+    perfectly and no relabelling does better, so p is small (counting the observed labelling);
+    an unrelated one is not; fewer than 4 datasets is refused."""
+    mod = _script("descriptor_similarity")
+    rng = np.random.default_rng(3)
+    pts = rng.normal(size=(7, 2))
+    a = mod.distances(pts)
+    rho, p = mod.mantel(a, np.sqrt(a), 999, 0)
+    assert rho == pytest.approx(1.0) and 1 / 1000 <= p < 0.01
+    noise = rng.random((7, 7))
+    rho_n, p_n = mod.mantel(a, noise + noise.T, 999, 0)
+    assert rho_n < 0.9 and p_n > 0.01
+    assert mod.mantel(a, np.sqrt(a), 999, 0) == (rho, p)  # seeded
+    with pytest.raises(ValueError, match="at least 4 datasets"):
+        mod.mantel(a[:3, :3], a[:3, :3], 9, 0)
+    std = mod.standardised(np.column_stack([pts, np.ones(7)]))
+    assert std.shape == (7, 2) and np.allclose(std.mean(0), 0) and np.allclose(std.std(0), 1)  # the constant column dropped
+
+
+def test_descriptor_similarity_scores_each_rule_by_the_tables(setup, tmp_path, capsys):
+    """experiments/descriptor_similarity.py on four synthetic tables (and a second seed of one):
+    every reported normalised regret and rank is the table's for the mask reported, the nearest
+    table is the nearest by the standardised descriptor, the nearest rule copies its best mask,
+    the noise ceiling scores the member's own optimum on its next seed; bad input exits 2."""
+    from memrl.data.loaders import load_dataset
+    from memrl.envs.descriptor import DescriptorBasis
+
+    mod = _script("descriptor_similarity")
+    tables, ev, env = _with_validation_table(setup, tmp_path)
+    write_table(setup["ev"], setup["cfg"], "rotated", 0, tables, tmp_path)
+    write_table(setup["ev"], setup["cfg"], "thick", 1, tables, tmp_path)
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    ev = LookupEvaluator.from_dir(tables)
+    ev.set_feature_net(Path(env.pretrained) / "feature_net")
+    md, png = tmp_path / "ds.md", tmp_path / "ds.png"
+    base = ["--run", str(setup["policy"]), "--tables", str(tables), "--config", str(setup["config"]), "--permutations", "99"]
+    assert mod.main([*base, "--k", "2", "--markdown", str(md), "--plot", str(png)]) == 0
+    text = md.read_text()
+    assert text.strip() in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    names = ["digits/inverted", "digits/mirrored", "digits/rotated", "digits/thick"]
+    truths = {d: mod.BS.ground_truth(ev, env, d) for d in names}
+    basis = DescriptorBasis.load(setup["policy"] / "descriptor.json")
+    raw = np.stack([basis.describe(ev.require_feature_net(), load_dataset(d, ev.image_size, ev.image_channels)) for d in names]).astype(float)
+    dist = mod.distances(mod.standardised(raw))
+    best = {d: max(t["rewards"], key=t["rewards"].get) for d, t in truths.items()}
+    for i, d in enumerate(names):
+        row = next(_cells(x) for x in text.splitlines() if x.startswith(f"| {d} ("))
+        others = [j for j in range(len(names)) if j != i]
+        nearest = names[min(others, key=lambda j: dist[i, j])]
+        assert row[1].startswith(f"{nearest} (")
+        assert row[2].split("`")[1] == best[nearest]
+        for cell in row[2:6]:  # "regret [rank] `bits`"
+            bits = cell.split("`")[1]
+            assert float(cell.split(" ")[0]) == pytest.approx(mod.ZS.normalised_regret(truths[d], bits), abs=5e-3)
+            assert int(cell.split("[")[1].split("]")[0]) == mod.BT.rank_of(truths[d], truths[d]["rewards"][bits])
+        per_table = [mod.ZS.normalised_regret(truths[d], best[names[j]]) for j in others]
+        assert float(row[6]) == pytest.approx(np.mean(per_table), abs=5e-3)
+        assert float(row[7]) == pytest.approx(min(per_table), abs=5e-3)
+    t2 = mod.BS.next_seed_truth(ev, env, "digits/thick")
+    assert f"(digits/thick): the member's *own* seed-0 optimum has mean normalised regret {mod.ZS.normalised_regret(t2, best['digits/thick']):.3f}" in text
+    assert "Mantel test over 6 pairs (99 relabellings" in text and "family's own parameters" not in text  # built-ins have no generator
+    assert mod.main([*base, "--datasets", "inverted", "thick", "mirrored"]) == 2
+    assert "the Mantel test needs at least 4" in capsys.readouterr().err
+    assert mod.main([*base, "--k", "0"]) == 2
+    assert "--k: expected a positive number" in capsys.readouterr().err
+    assert mod.main([*base, "--datasets", "inverted", "blurred", "thick", "mirrored"]) == 2
+    assert "--datasets blurred" in capsys.readouterr().err
+
+
+def test_generator_vector_reads_the_family_draw():
+    """descriptor_similarity.generator_vector: the family's drawn size, duplication, classes and
+    transforms as numbers; nothing for a dataset outside the family."""
+    from memrl.data import family
+
+    mod = _script("descriptor_similarity")
+    v = mod.generator_vector("family:3")
+    p = family.describe(3)
+    assert v[0] == pytest.approx(np.log(p["n_train"])) and v[1] == pytest.approx(p["duplication"])
+    assert v[2] == pytest.approx(len(p["classes"]) / 10)
+    assert v[4:].sum() == len(p["style"]) and len(v) == 4 + len(family.TRANSFORMS)
+    assert mod.generator_vector("inverted") is None
