@@ -151,6 +151,31 @@ def score(truths: dict[str, dict], target: str, pool: Sequence[str], chosen: dic
     return out
 
 
+def variance_split(pairs: Sequence[tuple[dict, dict]]) -> tuple[float, float, float]:
+    """How the variance of z-scored rewards splits, from members each with two evaluation seeds'
+    tables (``(seed s, seed s + 1)`` pairs, the same masks): the **shared** mask effect (what one
+    fixed mask can exploit), the **mask x dataset** interaction (what a descriptor could exploit at
+    best) and the **seed noise** (what no zero-shot rule can), as a two-way random-effects
+    decomposition with two replicates per cell (method of moments: each component is the excess
+    of its mean square over what the one below it contributes)."""
+    if len(pairs) < 2:
+        raise ValueError("the split needs at least 2 members with two seeds' tables")
+    masks = sorted(pairs[0][0]["rewards"])
+
+    def z(t: dict) -> np.ndarray:
+        r = np.asarray([t["rewards"][m] for m in masks], dtype=float)
+        return (r - r.mean()) / (r.std() or 1.0)
+
+    zz = np.asarray([[z(a), z(b)] for a, b in pairs])  # member, seed, mask
+    noise = float(((zz[:, 0] - zz[:, 1]) ** 2 / 2).mean())
+    cell = zz.mean(1)
+    shared_mean = cell.mean(0)
+    cell_var = float(((cell - shared_mean) ** 2).sum() / ((len(pairs) - 1) * len(masks)))
+    interaction = max(0.0, cell_var - noise / 2)
+    shared = max(0.0, float(shared_mean.var(ddof=1)) - cell_var / len(pairs))
+    return shared, interaction, noise
+
+
 def plot_pairs(dist: np.ndarray, transfer: np.ndarray, names: Sequence[str], rho: float, p: float, out: Path) -> None:
     """Scatter of every pair's descriptor distance against its transfer regret (pairs with a test
     member marked), written atomically to ``out`` (PNG). A descriptor that carries the masks'
@@ -307,6 +332,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             + ", ".join(f"{v:.2f}" for v in nst.values()) + "): knowing the dataset exactly, one seed's "
             "table is all a zero-shot rule could copy, and this is how far that copy is from the optimum of a fresh seed."
         )
+        if len(ceiling) >= 2:
+            parts = variance_split([(truths[d], t2) for d, t2 in ceiling])
+            tot = sum(parts) or 1.0
+            lines.append(
+                f"- Where the reward differences come from (z-scored rewards of those {len(ceiling)} members, two seeds each): shared by every member {parts[0] / tot:.0%} "
+                f"(what a fixed mask uses), mask x dataset {parts[1] / tot:.0%} (what a descriptor could use at best), seed noise {parts[2] / tot:.0%} (what no zero-shot rule can)."
+            )
     allm = list(rows)
     gain = float(np.mean([rows[d]["random table"] - rows[d]["nearest"] for d in allm]))
     signal = p_t < 0.05 or p_s < 0.05

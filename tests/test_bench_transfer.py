@@ -920,6 +920,7 @@ def test_descriptor_similarity_scores_each_rule_by_the_tables(setup, tmp_path, c
     tables, ev, env = _with_validation_table(setup, tmp_path)
     write_table(setup["ev"], setup["cfg"], "rotated", 0, tables, tmp_path)
     write_table(setup["ev"], setup["cfg"], "thick", 1, tables, tmp_path)
+    write_table(setup["ev"], setup["cfg"], "inverted", 1, tables, tmp_path)
     from memrl.evaluation.lookup import LookupEvaluator
 
     ev = LookupEvaluator.from_dir(tables)
@@ -949,8 +950,13 @@ def test_descriptor_similarity_scores_each_rule_by_the_tables(setup, tmp_path, c
         per_table = [mod.ZS.normalised_regret(truths[d], best[names[j]]) for j in others]
         assert float(row[6]) == pytest.approx(np.mean(per_table), abs=5e-3)
         assert float(row[7]) == pytest.approx(min(per_table), abs=5e-3)
-    t2 = mod.BS.next_seed_truth(ev, env, "digits/thick")
-    assert f"(digits/thick): the member's *own* seed-0 optimum has mean normalised regret {mod.ZS.normalised_regret(t2, best['digits/thick']):.3f}" in text
+    two = ["digits/inverted", "digits/thick"]
+    t2 = {d: mod.BS.next_seed_truth(ev, env, d) for d in two}
+    own = np.mean([mod.ZS.normalised_regret(t2[d], best[d]) for d in two])
+    assert f"({', '.join(two)}): the member's *own* seed-0 optimum has mean normalised regret {own:.3f}" in text
+    split = mod.variance_split([(truths[d], t2[d]) for d in two])
+    line = next(x for x in text.splitlines() if x.startswith("- Where the reward differences come from"))
+    assert f"shared by every member {split[0] / sum(split):.0%}" in line and f"seed noise {split[2] / sum(split):.0%}" in line
     assert "Mantel test over 6 pairs (99 relabellings" in text and "family's own parameters" not in text  # built-ins have no generator
     assert mod.main([*base, "--datasets", "inverted", "thick", "mirrored"]) == 2
     assert "the Mantel test needs at least 4" in capsys.readouterr().err
@@ -972,3 +978,26 @@ def test_generator_vector_reads_the_family_draw():
     assert v[2] == pytest.approx(len(p["classes"]) / 10)
     assert v[4:].sum() == len(p["style"]) and len(v) == 4 + len(family.TRANSFORMS)
     assert mod.generator_vector("inverted") is None
+
+
+def test_variance_split_separates_shared_dataset_and_seed_effects():
+    """descriptor_similarity.variance_split: identical seeds have no noise; members that agree
+    with each other have no interaction; independent members have no shared effect."""
+    mod = _script("descriptor_similarity")
+    rng = np.random.default_rng(0)
+    masks = [format(k, "07b") for k in range(128)]
+
+    def table(r: np.ndarray) -> dict:
+        return {"rewards": dict(zip(masks, r.tolist()))}
+
+    shared = rng.normal(size=128)
+    same = [(table(shared), table(shared)) for _ in range(4)]
+    assert mod.variance_split(same) == pytest.approx((1.0 * 128 / 127, 0.0, 0.0), abs=1e-9)
+    own = [rng.normal(size=128) for _ in range(4)]
+    sh, inter, noise = mod.variance_split([(table(o), table(o)) for o in own])
+    assert noise == 0 and inter > 0.8 and sh < 0.1
+    noisy = [(table(shared + 0.5 * rng.normal(size=128)), table(shared + 0.5 * rng.normal(size=128))) for _ in range(4)]
+    sh, inter, noise = mod.variance_split(noisy)
+    assert noise > 0.1 and inter < 0.05 and sh > 0.6
+    with pytest.raises(ValueError, match="at least 2 members"):
+        mod.variance_split(same[:1])
