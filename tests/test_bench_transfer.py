@@ -999,5 +999,12 @@ def test_variance_split_separates_shared_dataset_and_seed_effects():
     noisy = [(table(shared + 0.5 * rng.normal(size=128)), table(shared + 0.5 * rng.normal(size=128))) for _ in range(4)]
     sh, inter, noise = mod.variance_split(noisy)
     assert noise > 0.1 and inter < 0.05 and sh > 0.6
+    # over a subset of masks: each table still z-scored over all of them, the components over the subset
+    top = masks[:16]
+    sub = mod.variance_split(noisy, top)
+    zs = np.asarray([[(np.asarray(list(t["rewards"].values())) - np.mean(list(t["rewards"].values()))) / np.std(list(t["rewards"].values())) for t in pair] for pair in noisy])[:, :, :16]
+    assert sub[2] == pytest.approx(float(((zs[:, 0] - zs[:, 1]) ** 2 / 2).mean()))
+    z_top = ((shared - shared.mean()) / shared.std())[:16]
+    assert mod.variance_split(same, top) == pytest.approx((float(np.var(z_top, ddof=1)), 0.0, 0.0), abs=1e-9)
     with pytest.raises(ValueError, match="at least 2 members"):
         mod.variance_split(same[:1])
