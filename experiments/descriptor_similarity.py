@@ -59,10 +59,14 @@ BS = ZS.BS
 RULES = ("nearest", "k-nearest", "fixed", "fixed (raw)", "random table", "best table")
 
 
+def best_mask(truth: dict) -> str:
+    """The table's optimum (ties to the larger bit string, so every rule breaks them alike)."""
+    return max(truth["rewards"].items(), key=lambda kv: (kv[1], kv[0]))[0]
+
+
 def transfer_matrix(truths: dict[str, dict], names: Sequence[str]) -> np.ndarray:
     """``R[i, j]``: the normalised regret on ``names[i]`` of ``names[j]``'s best mask (0 on the diagonal)."""
-    best = {d: max(truths[d]["rewards"].items(), key=lambda kv: (kv[1], kv[0]))[0] for d in names}
-    return np.asarray([[ZS.normalised_regret(truths[a], best[b]) for b in names] for a in names])
+    return np.asarray([[ZS.normalised_regret(truths[a], best_mask(truths[b])) for b in names] for a in names])
 
 
 def standardised(desc: np.ndarray) -> np.ndarray:
@@ -127,11 +131,8 @@ def picks(truths: dict[str, dict], dist: dict[tuple[str, str], float], target: s
         common = set.intersection(*(set(truths[d]["rewards"]) for d in ds))
         return min(sorted(common), key=lambda m: float(np.mean([ZS.normalised_regret(truths[d], m) for d in ds])))
 
-    def best_of(d: str) -> str:
-        return max(truths[d]["rewards"].items(), key=lambda kv: (kv[1], kv[0]))[0]
-
     return {
-        "nearest": best_of(by_distance[0]),
+        "nearest": best_mask(truths[by_distance[0]]),
         "k-nearest": best_mean(by_distance[:k]),
         "fixed": best_mean(pool),
         "fixed (raw)": BT.best_fixed({d: truths[d] for d in pool})[0][0],
@@ -144,7 +145,7 @@ def score(truths: dict[str, dict], target: str, pool: Sequence[str], chosen: dic
     """Normalised regret on ``target`` of each rule's pick; for the two expectations, the mean and
     the minimum over ``pool``'s tables of their best mask's normalised regret."""
     pool = [d for d in pool if d != target]
-    per_table = [ZS.normalised_regret(truths[target], max(truths[d]["rewards"].items(), key=lambda kv: (kv[1], kv[0]))[0]) for d in pool]
+    per_table = [ZS.normalised_regret(truths[target], best_mask(truths[d])) for d in pool]
     out = {r: ZS.normalised_regret(truths[target], m) for r, m in chosen.items() if m is not None}
     out["random table"] = float(np.mean(per_table))
     out["best table"] = float(np.min(per_table))
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         )
     ceiling = [(d, t2) for d in rows if (t2 := BS.next_seed_truth(ev, env, d)) is not None]
     if ceiling:
-        own = {d: ZS.normalised_regret(t2, max(truths[d]["rewards"].items(), key=lambda kv: (kv[1], kv[0]))[0]) for d, t2 in ceiling}
+        own = {d: ZS.normalised_regret(t2, best_mask(truths[d])) for d, t2 in ceiling}
         fix = {d: ZS.normalised_regret(t2, chosen[d]["fixed"]) for d, t2 in ceiling}
         nst = {d: ZS.normalised_regret(t2, chosen[d]["nearest"]) for d, t2 in ceiling}
         lines.append(
