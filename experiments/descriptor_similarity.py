@@ -103,29 +103,42 @@ def mantel(a: np.ndarray, b: np.ndarray, permutations: int, seed: int) -> tuple[
     permutation p-value for a correlation at least as large: the rows and columns of ``a`` are
     permuted together, as a relabelling of the datasets, ``permutations`` times (seeded); the p-value
     counts the observed labelling too, so it is never 0."""
-    from scipy.stats import spearmanr
+    from scipy.stats import rankdata
 
     n = a.shape[0]
     iu = np.triu_indices(n, 1)
     if n < 4:  # 3 datasets have 3 pairs and 6 labellings: no test at all
         raise ValueError(f"a Mantel test needs at least 4 datasets (6 pairs), got {n}")
-    rho = float(spearmanr(a[iu], b[iu]).statistic)
+    # Spearman is Pearson on ranks, and a relabelling only moves a's pairs: rank both once
+    ra = np.zeros_like(a, dtype=float)
+    ra[iu] = rankdata(a[iu])
+    ra = ra + ra.T
+    rb = rankdata(b[iu])
+
+    def corr(x: np.ndarray) -> float:
+        return float(np.corrcoef(x, rb)[0, 1])
+
+    rho = corr(ra[iu])
     rng = np.random.default_rng(seed)
     hits = 1
     for _ in range(permutations):
         p = rng.permutation(n)
-        if float(spearmanr(a[p][:, p][iu], b[iu]).statistic) >= rho - 1e-12:
+        if corr(ra[p][:, p][iu]) >= rho - 1e-12:
             hits += 1
     return rho, hits / (permutations + 1)
 
 
-def picks(truths: dict[str, dict], dist: dict[tuple[str, str], float], target: str, pool: Sequence[str], k: int) -> dict[str, str | None]:
-    """Each deterministic rule's zero-shot mask for ``target`` from the tables of ``pool`` (never
-    ``target`` itself); ``random table`` and ``best table`` are expectations, not masks (``None``)."""
-    pool = [d for d in pool if d != target]
+def neighbours(dist: dict[tuple[str, str], float], target: str, pool: Sequence[str]) -> list[str]:
+    """The tables of ``pool`` other than ``target``, nearest first (ties by name)."""
+    return sorted((d for d in pool if d != target), key=lambda d: (dist[target, d], d))
+
+
+def picks(truths: dict[str, dict], by_distance: Sequence[str], k: int) -> dict[str, str | None]:
+    """Each deterministic rule's zero-shot mask from the other tables ``by_distance`` (the
+    target's :func:`neighbours`); ``random table`` and ``best table`` are expectations, not masks (``None``)."""
+    pool = list(by_distance)
     if not pool:
-        raise ValueError(f"{target}: no other table to choose from")
-    by_distance = sorted(pool, key=lambda d: (dist[target, d], d))
+        raise ValueError("no other table to choose from")
 
     def best_mean(ds: Sequence[str]) -> str:
         common = set.intersection(*(set(truths[d]["rewards"]) for d in ds))
@@ -143,8 +156,7 @@ def picks(truths: dict[str, dict], dist: dict[tuple[str, str], float], target: s
 
 def score(truths: dict[str, dict], target: str, pool: Sequence[str], chosen: dict[str, str | None]) -> dict[str, float]:
     """Normalised regret on ``target`` of each rule's pick; for the two expectations, the mean and
-    the minimum over ``pool``'s tables of their best mask's normalised regret."""
-    pool = [d for d in pool if d != target]
+    the minimum over ``pool``'s tables (the other tables, never ``target``) of their best mask's normalised regret."""
     per_table = [ZS.normalised_regret(truths[target], best_mask(truths[d])) for d in pool]
     out = {r: ZS.normalised_regret(truths[target], m) for r, m in chosen.items() if m is not None}
     out["random table"] = float(np.mean(per_table))
@@ -257,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                 truths[d] = t
         if len(truths) < 4:
             raise MemrlError(f"{tables}: {len(truths)} complete table(s) for {args.config}'s env (seed {env.seed}); the Mantel test needs at least 4")
+        if sum(BT.split_of(d) != "test" for d in truths) < 2:
+            raise MemrlError(f"{tables}: fewer than 2 complete tables of non-test datasets; every member chooses among the others (--datasets)")
     except MemrlError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -269,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     sym = (transfer + transfer.T) / 2
     from scipy.stats import spearmanr
 
-    dissim = np.asarray([[1.0 - float(spearmanr(list(truths[a]["rewards"].values()), [truths[b]["rewards"][m] for m in truths[a]["rewards"]]).statistic) for b in names] for a in names])
+    masks = sorted(truths[names[0]]["rewards"])
+    dissim = 1.0 - spearmanr(np.asarray([[truths[d]["rewards"][m] for m in masks] for d in names]), axis=1).statistic
     rho_t, p_t = mantel(dmat, sym, args.permutations, args.seed)
     rho_s, p_s = mantel(dmat, dissim, args.permutations, args.seed)
     gen = [generator_vector(d) for d in names]
@@ -280,11 +295,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
     chosen: dict[str, dict[str, str | None]] = {}
     near: dict[str, str] = {}
     for d in names:
-        if len([x for x in pool if x != d]) < 1:
-            continue
-        chosen[d] = picks(truths, dist, d, pool, args.k)
-        rows[d] = score(truths, d, pool, chosen[d])
-        near[d] = min((x for x in pool if x != d), key=lambda x: (dist[d, x], x))
+        others = neighbours(dist, d, pool)
+        chosen[d] = picks(truths, others, args.k)
+        rows[d] = score(truths, d, others, chosen[d])
+        near[d] = others[0]
 
     lines = [
         f"Descriptor similarity against mask preferences on {len(names)} complete tables under `{tables}` (seed {env.seed}); descriptor basis of `{args.run}`, "
