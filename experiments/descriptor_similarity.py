@@ -128,6 +128,35 @@ def mantel(a: np.ndarray, b: np.ndarray, permutations: int, seed: int) -> tuple[
     return rho, hits / (permutations + 1)
 
 
+def load_vectors(path: str | Path) -> dict[str, np.ndarray]:
+    """``{dataset: vector}`` from a JSON object of equal-length number lists (MemrlError naming the
+    file and the first bad entry otherwise)."""
+    import json
+
+    from memrl.errors import MemrlError
+
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise MemrlError(f"{p}: not a readable JSON file ({exc})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise MemrlError(f"{p}: expected a JSON object {{dataset: [numbers]}}, got {type(raw).__name__}")
+    out: dict[str, np.ndarray] = {}
+    for d, v in raw.items():
+        try:
+            vec = np.asarray(v, dtype=float)
+        except (TypeError, ValueError):
+            vec = np.empty(0)
+        if vec.ndim != 1 or vec.size == 0 or not np.isfinite(vec).all():
+            raise MemrlError(f"{p}: entry {d!r}: expected a non-empty list of finite numbers")
+        out[d] = vec
+    sizes = {v.size for v in out.values()}
+    if len(sizes) > 1:
+        raise MemrlError(f"{p}: vectors of different lengths {sorted(sizes)}; expected one length")
+    return out
+
+
 def neighbours(dist: dict[tuple[str, str], float], target: str, pool: Sequence[str]) -> list[str]:
     """The tables of ``pool`` other than ``target``, nearest first (ties by name)."""
     return sorted((d for d in pool if d != target), key=lambda d: (dist[target, d], d))
@@ -229,6 +258,7 @@ def plot_pairs(dist: np.ndarray, transfer: np.ndarray, names: Sequence[str], rho
 def main(argv: list[str] | None = None) -> int:  # noqa: C901
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="experiments/results/priors/committed-s0", help="a memrl train run folder whose descriptor.json gives the descriptor basis (what its policy sees)")
+    ap.add_argument("--vectors", default=None, help="a JSON file {dataset: [numbers]} whose vectors replace the run's descriptor (another candidate descriptor, e.g. gradient_descriptor.py's)")
     ap.add_argument("--tables", default="experiments/results/exhaustive", help="folder of lookup tables (*.jsonl)")
     ap.add_argument("--config", default="experiments/exhaustive.yaml", help="the env the tables were made with")
     ap.add_argument("--datasets", nargs="+", default=None, help="datasets compared (default: every dataset with a complete table for the config's seed); at least 4")
@@ -251,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             raise MemrlError(f"no lookup tables (*.jsonl) under {tables}")
         if args.k < 1:
             raise MemrlError(f"--k: expected a positive number of tables, got {args.k}")
-        basis = DescriptorBasis.load(Path(args.run) / "descriptor.json")
+        vectors = load_vectors(args.vectors) if args.vectors else None
+        basis = None if vectors else DescriptorBasis.load(Path(args.run) / "descriptor.json")
         env = BS.load_env(args.config)
         ev = LookupEvaluator.from_dir(tables)
         if ev.feature_net is None:
@@ -267,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
                 raise MemrlError(f"--datasets {d}: the tables under {tables} do not hold every mask of it for {args.config}'s env (seed {env.seed})")
             if t is not None:
                 truths[d] = t
+        if vectors is not None:
+            missing = [d for d in truths if d not in vectors]
+            if missing:
+                raise MemrlError(f"{args.vectors}: no vector for {', '.join(missing)} (expected one per dataset compared)")
         if len(truths) < 4:
             raise MemrlError(f"{tables}: {len(truths)} complete table(s) for {args.config}'s env (seed {env.seed}); the Mantel test needs at least 4")
         if sum(BT.split_of(d) != "test" for d in truths) < 2:
@@ -276,7 +311,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         return 2
 
     names = list(truths)
-    raw = np.stack([basis.describe(net, load_dataset(d, ev.image_size, ev.image_channels)) for d in names]).astype(float)
+    if vectors is not None:
+        raw = np.stack([vectors[d] for d in names])
+    else:
+        raw = np.stack([basis.describe(net, load_dataset(d, ev.image_size, ev.image_channels)) for d in names]).astype(float)
     dmat = distances(standardised(raw))
     dist = {(a, b): float(dmat[i, j]) for i, a in enumerate(names) for j, b in enumerate(names)}
     transfer = transfer_matrix(truths, names)
@@ -301,8 +339,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         near[d] = others[0]
 
     lines = [
-        f"Descriptor similarity against mask preferences on {len(names)} complete tables under `{tables}` (seed {env.seed}); descriptor basis of `{args.run}`, "
-        "each dimension standardised over these datasets. Normalised regret = (r_max - r) / (r_max - mean): 0 at the optimum, 1 for an average mask; "
+        f"Descriptor similarity against mask preferences on {len(names)} complete tables under `{tables}` (seed {env.seed}); " + (f"vectors of `{args.vectors}`, " if vectors is not None else f"descriptor basis of `{args.run}`, ")
+        + "each dimension standardised over these datasets. Normalised regret = (r_max - r) / (r_max - mean): 0 at the optimum, 1 for an average mask; "
         f"[rank] among {len(next(iter(truths.values()))['rewards'])} masks. Each member chooses from the other non-test tables ({len(pool)} in all).",
         "",
         "| dataset (split) | nearest table (distance) | nearest | k-nearest (k = " + str(args.k) + ") | fixed | fixed (raw) | random table (expected) | best table (hindsight) |",

@@ -1008,3 +1008,93 @@ def test_variance_split_separates_shared_dataset_and_seed_effects():
     assert mod.variance_split(same, top) == pytest.approx((float(np.var(z_top, ddof=1)), 0.0, 0.0), abs=1e-9)
     with pytest.raises(ValueError, match="at least 2 members"):
         mod.variance_split(same[:1])
+
+
+def test_descriptor_similarity_vectors_replace_the_descriptor(setup, tmp_path, capsys):
+    """descriptor_similarity.py --vectors: the nearest table is the nearest by the given vectors
+    (a planted layout), and a file that misses a dataset or holds no numbers exits 2 with one line."""
+    mod = _script("descriptor_similarity")
+    tables, _, _ = _with_validation_table(setup, tmp_path)
+    write_table(setup["ev"], setup["cfg"], "rotated", 0, tables, tmp_path)
+    names = mod.BS.table_datasets(tables)
+    assert len(names) == 4
+    # on a line: each dataset's nearest is its neighbour on the line (ends: the one beside them)
+    layout = {d: [float(i**2), 0.0] for i, d in enumerate(names)}
+    vec = tmp_path / "vectors.json"
+    vec.write_text(json.dumps(layout))
+    md = tmp_path / "ds.md"
+    base = ["--tables", str(tables), "--config", str(setup["config"]), "--permutations", "19"]
+    assert mod.main([*base, "--vectors", str(vec), "--markdown", str(md)]) == 0
+    text = md.read_text()
+    assert f"vectors of `{vec}`" in text
+    want = {names[0]: names[1], names[1]: names[0], names[2]: names[1], names[3]: names[2]}  # squares 0, 1, 4, 9
+    for d, near in want.items():
+        row = next(_cells(x) for x in text.splitlines() if x.startswith(f"| {d} ("))
+        assert row[1].startswith(f"{near} (")
+    capsys.readouterr()
+    vec.write_text(json.dumps({d: v for d, v in layout.items() if d != names[2]}))
+    assert mod.main([*base, "--vectors", str(vec)]) == 2
+    assert f"no vector for {names[2]}" in capsys.readouterr().err
+    vec.write_text(json.dumps({**layout, names[0]: ["a"]}))
+    assert mod.main([*base, "--vectors", str(vec)]) == 2
+    assert f"entry '{names[0]}': expected a non-empty list of finite numbers" in capsys.readouterr().err
+    vec.write_text("[1, 2]")
+    assert mod.main([*base, "--vectors", str(vec)]) == 2
+    assert "expected a JSON object" in capsys.readouterr().err
+
+
+def test_gradient_descriptor_effects_and_interaction_test():
+    """gradient_descriptor: a unit's marginal effect in an additive table is its weight (over the
+    table's spread); the interaction test finds a planted dataset x unit pattern and not noise."""
+    mod = _script("gradient_descriptor")
+    masks = [format(k, "07b") for k in range(128)]
+    w = np.asarray([3.0, -1.0, 0.0, 2.0, 0.5, -2.0, 1.0])
+    r = np.asarray([sum(wi * int(c) for wi, c in zip(w, m)) for m in masks])
+    truth = {"rewards": dict(zip(masks, r.tolist())), "r_max": float(r.max())}
+    eff = mod.marginal_effects(truth, 7)
+    assert eff == pytest.approx(w / (r.max() - r.mean()))
+    with pytest.raises(ValueError, match="7 bits for 5 units"):
+        mod.marginal_effects(truth, 5)
+    rng = np.random.default_rng(1)
+    inter = rng.normal(size=(8, 7))
+    effect = 2.0 + inter + rng.normal(size=(8, 1)) + rng.normal(size=(1, 7))  # rows and columns add, the pattern stays
+    rho, p = mod.interaction_test(inter + 5.0 * rng.normal(size=(1, 7)), effect, 199, 0)
+    assert rho > 0.95 and p <= 0.01
+    assert mod.interaction_test(inter + 5.0 * rng.normal(size=(1, 7)), effect, 199, 0)[1] == p  # seeded
+    rho_n, p_n = mod.interaction_test(rng.normal(size=(8, 7)), effect, 199, 0)
+    assert rho_n < 0.5 and p_n > 0.01
+    dc = mod.double_centred(effect)
+    assert np.allclose(dc.mean(0), 0) and np.allclose(dc.mean(1), 0) and np.allclose(dc, mod.double_centred(inter))
+    v = mod.profile(np.asarray([1e-4, 1e-2, 1.0]), 0.1)
+    assert v == pytest.approx([-2.0, 0.0, 2.0, -1.0])
+
+
+def test_gradient_descriptor_reports_the_tables_effects(setup, tmp_path, capsys):
+    """experiments/gradient_descriptor.py on three synthetic tables: each effect cell is the
+    table's, each gradient cell the written vector's (centred over the units, reproducible per
+    seed); bad input exits 2 with one line."""
+    mod = _script("gradient_descriptor")
+    tables, ev, env = _with_validation_table(setup, tmp_path)
+    out, md = tmp_path / "vec.json", tmp_path / "gd.md"
+    base = ["--tables", str(tables), "--config", str(setup["config"]), "--batches", "1", "--batch-size", "4", "--permutations", "5"]
+    assert mod.main([*base, "--out", str(out), "--markdown", str(md)]) == 0
+    text, vectors = md.read_text(), json.loads(out.read_text())
+    assert text.strip() in capsys.readouterr().out
+    n = len(ev.units)
+    assert set(vectors) == set(mod.BS.table_datasets(tables)) and len(vectors) == 3
+    for d, v in vectors.items():
+        assert len(v) == n + 1 and abs(sum(v[:n])) < 1e-4
+        row = next(_cells(x) for x in text.splitlines() if x.startswith(f"| {d} ("))
+        effect = mod.marginal_effects(mod.BS.ground_truth(ev, env, d), n)
+        for j, cell in enumerate(row[2 : 2 + n]):
+            g, e = (float(x) for x in cell.split(" / "))
+            assert g == pytest.approx(v[j], abs=5e-3) and e == pytest.approx(effect[j], abs=5e-3)
+    assert "Reliability: the double-centred profiles of noise seed 0 and seed(s) 1" in text
+    again = tmp_path / "again.json"
+    assert mod.main([*base, "--seeds", "0", "--out", str(again)]) == 0
+    assert json.loads(again.read_text()) == vectors
+    capsys.readouterr()
+    assert mod.main([*base, "--batches", "0"]) == 2
+    assert "--batches: expected a positive number" in capsys.readouterr().err
+    assert mod.main([*base, "--datasets", "inverted", "thick"]) == 2
+    assert "needs at least 3" in capsys.readouterr().err
