@@ -128,6 +128,24 @@ def mantel(a: np.ndarray, b: np.ndarray, permutations: int, seed: int) -> tuple[
     return rho, hits / (permutations + 1)
 
 
+def complete_truths(ev, env, datasets: Sequence[str] | None, tables: Path, config: str) -> dict[str, dict]:  # noqa: ANN001
+    """``{dataset: ground truth}`` of ``datasets`` (MemrlError naming one whose table is not
+    complete for ``env``), or of every dataset under ``tables`` whose table is."""
+    from memrl.errors import MemrlError
+
+    truths: dict[str, dict] = {}
+    for d in datasets or BS.table_datasets(tables):
+        try:
+            t = BS.ground_truth(ev, env, d)
+        except MemrlError as exc:
+            raise MemrlError(f"--datasets {d}: {exc}") from None
+        if t is None and datasets:
+            raise MemrlError(f"--datasets {d}: the tables under {tables} do not hold every mask of it for {config}'s env (seed {env.seed})")
+        if t is not None:
+            truths[d] = t
+    return truths
+
+
 def load_vectors(path: str | Path) -> dict[str, np.ndarray]:
     """``{dataset: vector}`` from a JSON object of equal-length number lists (MemrlError naming the
     file and the first bad entry otherwise)."""
@@ -285,19 +303,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
         basis = None if vectors else DescriptorBasis.load(Path(args.run) / "descriptor.json")
         env = BS.load_env(args.config)
         ev = LookupEvaluator.from_dir(tables)
-        if ev.feature_net is None:
-            ev.set_feature_net(Path(env.pretrained) / "feature_net")
-        net = ev.require_feature_net()
-        truths: dict[str, dict] = {}
-        for d in args.datasets or BS.table_datasets(tables):
-            try:
-                t = BS.ground_truth(ev, env, d)
-            except MemrlError as exc:
-                raise MemrlError(f"--datasets {d}: {exc}") from None
-            if t is None and args.datasets:
-                raise MemrlError(f"--datasets {d}: the tables under {tables} do not hold every mask of it for {args.config}'s env (seed {env.seed})")
-            if t is not None:
-                truths[d] = t
+        if vectors is None:
+            if ev.feature_net is None:
+                ev.set_feature_net(Path(env.pretrained) / "feature_net")
+            net = ev.require_feature_net()
+        truths = complete_truths(ev, env, args.datasets, tables, args.config)
         if vectors is not None:
             missing = [d for d in truths if d not in vectors]
             if missing:

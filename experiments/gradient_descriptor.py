@@ -121,13 +121,21 @@ def profile(sq: np.ndarray, loss: float) -> np.ndarray:
     return np.concatenate([lg - lg.mean(), [np.log10(max(loss, 1e-30))]])
 
 
+def normalised_scores(truth: dict) -> dict[str, float]:
+    """Each mask's ``(r - mean) / (r_max - mean)``: 1 at the optimum, 0 for an average mask (one
+    minus the normalised regret), so tables of different reward scales average fairly."""
+    r = np.asarray(list(truth["rewards"].values()), float)
+    spread = float(truth["r_max"] - r.mean())
+    return {m: (v - r.mean()) / (spread if spread > 0 else 1.0) for m, v in truth["rewards"].items()}
+
+
 def marginal_effects(truth: dict, n_units: int) -> np.ndarray:
     """Per unit, the mean normalised reward ``(r - mean) / (r_max - mean)`` of the masks with the
-    unit's bit on minus those with it off (bit ``i`` of the bit string is unit ``i``)."""
-    masks = list(truth["rewards"])
-    r = np.asarray([truth["rewards"][m] for m in masks], float)
-    spread = float(truth["r_max"] - r.mean())
-    z = (r - r.mean()) / (spread if spread > 0 else 1.0)
+    unit's bit on minus those with it off (bit ``i`` of the bit string is unit ``i``; see
+    :func:`normalised_scores`)."""
+    scores = normalised_scores(truth)
+    masks = list(scores)
+    z = np.asarray([scores[m] for m in masks])
     bits = np.asarray([[int(c) for c in m] for m in masks])
     if bits.shape[1] != n_units:
         raise ValueError(f"masks of {bits.shape[1]} bits for {n_units} units")
@@ -159,14 +167,6 @@ def interaction_test(grad: np.ndarray, effect: np.ndarray, permutations: int, se
     return observed, hits / (permutations + 1)
 
 
-def normalised_scores(truth: dict) -> dict[str, float]:
-    """Each mask's ``(r - mean) / (r_max - mean)``: 1 at the optimum, 0 for an average mask (one
-    minus the normalised regret), so tables of different reward scales average fairly."""
-    r = np.asarray(list(truth["rewards"].values()), float)
-    spread = float(truth["r_max"] - r.mean())
-    return {m: (v - r.mean()) / (spread if spread > 0 else 1.0) for m, v in truth["rewards"].items()}
-
-
 def adjusted_pick(truths: dict[str, dict], grads: dict[str, np.ndarray], target: str, pool: Sequence[str]) -> tuple[str, str, float]:
     """``(fixed mask, gradient-adjusted mask, beta)`` for ``target`` from the tables of ``pool``
     (``target`` left out): the fixed mask maximises the pool's mean normalised score; the adjusted
@@ -193,8 +193,8 @@ def adjusted_pick(truths: dict[str, dict], grads: dict[str, np.ndarray], target:
     def adjusted(m: str) -> float:
         return base[m] + float(sum(inter[i] for i, c in enumerate(m) if c == "1"))
 
-    key = lambda f: (lambda m: (f(m), m))  # noqa: E731  ties to the larger bit string
-    return max(masks, key=key(base.get)), max(masks, key=key(adjusted)), beta
+    # ties to the larger bit string
+    return max(masks, key=lambda m: (base[m], m)), max(masks, key=lambda m: (adjusted(m), m)), beta
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: C901
@@ -227,16 +227,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901
             raise MemrlError(f"no lookup tables (*.jsonl) under {tables}")
         env = BS.load_env(args.config)
         ev = LookupEvaluator.from_dir(tables)
-        truths: dict[str, dict] = {}
-        for d in args.datasets or BS.table_datasets(tables):
-            try:
-                t = BS.ground_truth(ev, env, d)
-            except MemrlError as exc:
-                raise MemrlError(f"--datasets {d}: {exc}") from None
-            if t is None and args.datasets:
-                raise MemrlError(f"--datasets {d}: the tables under {tables} do not hold every mask of it for {args.config}'s env (seed {env.seed})")
-            if t is not None:
-                truths[d] = t
+        truths = DS.complete_truths(ev, env, args.datasets, tables, args.config)
         if len(truths) < 3:
             raise MemrlError(f"{tables}: {len(truths)} complete table(s) for {args.config}'s env (seed {env.seed}); the test needs at least 3")
         model = DiffusionModel.from_pretrained(env.pretrained)
