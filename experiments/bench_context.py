@@ -2,6 +2,7 @@
 
     python experiments/bench_context.py --run runs/amortised-s0 [--tables experiments/results/exhaustive] \\
         [--datasets family:80 ...] [--config experiments/exhaustive.yaml] [--library family:0 ...] [--markdown FILE]
+    python experiments/bench_context.py --library family:0 ... --vectors FILE.json [--target per_dataset]
 
 A policy can only beat the best fixed mask if what tells datasets apart (the descriptor) predicts
 which mask is good. This asks that directly, with the real evaluations an amortised ``memrl
@@ -20,8 +21,14 @@ rewards with the table's (how well it orders masks on a dataset it never saw). B
 best fixed mask of the training members' tables (when any exist) and a random mask. With
 ``--library D ...`` the model is fitted on every mask of those datasets' complete tables instead
 (the run only gives the descriptor basis): what more evaluations per training member could at
-best teach it, a bound on what the amortised run's sparse evaluations leave out. Nothing is
-fine-tuned; it runs in seconds. The verdict line says which pick has the lower mean regret.
+best teach it, a bound on what the amortised run's sparse evaluations leave out. With
+``--vectors FILE.json`` (``{dataset: [numbers]}``, e.g. ``gradient_descriptor.py --out``) the
+context is those vectors instead of the run's descriptor, so any candidate descriptor is tried in
+the reward model itself; with ``--library`` too, no run is needed. Besides raw regret (which the
+widest-ranged member dominates) every pick is scored by normalised regret ``(r_max - r) / (r_max
+- mean)``, and again on the next evaluation seed's table where one exists (numbers the fit never
+saw). Nothing is fine-tuned; it runs in seconds to minutes. The verdict line says which pick has
+the lower mean regret.
 """
 
 from __future__ import annotations
@@ -66,11 +73,12 @@ def training_rows(run: Path | Sequence[Path]) -> list[tuple[str, str, float]]:
     return rows
 
 
-def run_inputs(run: Path | Sequence[Path], tables: Path, config: str):  # noqa: ANN201
+def run_inputs(run: Path | Sequence[Path], tables: Path, config: str, describe: bool = True):  # noqa: ANN201
     """``(env, lookup evaluator, feature net, descriptor basis, rows)`` of an amortised run scored
     against the tables: the env the tables were made with, the run's own descriptor basis and its
     successful evaluations (:func:`training_rows`). Several runs: the first run's basis and the
-    runs' evaluations pooled. :class:`MemrlError` when any is missing."""
+    runs' evaluations pooled. ``describe=False`` (the context comes from elsewhere): no feature
+    net or basis is loaded (``None``). :class:`MemrlError` when any is missing."""
     from memrl.envs.descriptor import DescriptorBasis
     from memrl.errors import MemrlError
     from memrl.evaluation.lookup import LookupEvaluator
@@ -81,10 +89,12 @@ def run_inputs(run: Path | Sequence[Path], tables: Path, config: str):  # noqa: 
             raise MemrlError(f"{folder}: not a memrl train run folder (needs evaluations.csv and descriptor.json)")
     env = BS.load_env(config)
     ev = LookupEvaluator.from_dir(tables)
-    if ev.feature_net is None:
-        ev.set_feature_net(Path(env.pretrained) / "feature_net")
-    net = ev.require_feature_net()
-    basis = DescriptorBasis.load(runs[0] / "descriptor.json")
+    net = basis = None
+    if describe:
+        if ev.feature_net is None:
+            ev.set_feature_net(Path(env.pretrained) / "feature_net")
+        net = ev.require_feature_net()
+        basis = DescriptorBasis.load(runs[0] / "descriptor.json")
     rows = training_rows(runs)
     if not rows:
         raise MemrlError(f"{', '.join(map(str, runs))}: evaluations.csv has no successful evaluation yet")
@@ -114,6 +124,58 @@ def table_rows(truths: dict[str, dict]) -> list[tuple[str, str, float]]:
     return [(d, bits, float(r)) for d, t in truths.items() for bits, r in sorted(t["rewards"].items())]
 
 
+def fit_models(rows: Sequence[tuple[str, str, float]], desc: dict[str, np.ndarray], dim: int, n_units: int, method: str, target: str, seed: int) -> dict:
+    """``{"with context": (features, model), "without context": (features, model)}``: memrl's reward
+    model fitted on ``rows`` with each dataset's context ``desc[d]`` + mask bits, and on the mask
+    bits alone. ``target="per_dataset"`` standardises the rewards within each dataset first."""
+    from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures, standardise_by_group
+
+    y = np.asarray([r for _, _, r in rows])
+    if target == "per_dataset":  # the argmax on a new dataset does not depend on its scale
+        y = standardise_by_group(y, [d for d, _, _ in rows])
+    with_ctx, without = SurrogateFeatures(dim, n_units), SurrogateFeatures(0, n_units)
+    return {
+        "with context": (with_ctx, RewardSurrogate(seed=seed).fit(with_ctx.matrix([(desc[d], b, method) for d, b, _ in rows]), y)),
+        "without context": (without, RewardSurrogate(seed=seed).fit(without.matrix([((), b, method) for _, b, _ in rows]), y)),
+    }
+
+
+def predict_pick(feats, model, ctx: np.ndarray, masks: Sequence[str], method: str) -> tuple[str, np.ndarray]:  # noqa: ANN001
+    """``(the mask of highest predicted mean, the predicted means over masks)`` for a dataset of context ``ctx``."""
+    mean, _ = model.predict(feats.matrix([(ctx if feats.descriptor_dim else (), m, method) for m in masks]))
+    return masks[int(np.argmax(mean))], mean
+
+
+def leave_one_out(library: dict[str, dict], rows: Sequence[tuple[str, str, float]], desc: dict[str, np.ndarray], dim: int, n_units: int, method: str, target: str, seed: int) -> list[str]:
+    """Markdown lines: each library member's normalised regret [rank] for the picks of the models
+    fitted on the other members' rows (:func:`fit_models`) and for the others' best fixed mask."""
+    names = ("with context", "without context", "fixed of the others")
+    out = [
+        f"Leave-one-out over the {len(library)} library tables: each member scored by the models fitted on the others' rows and by the others' best fixed mask. Normalised regret [rank].",
+        "",
+        "| left out (split) | " + " | ".join(names) + " |",
+        "|---|---|---|---|",
+    ]
+    res: dict[str, list[float]] = {k: [] for k in names}
+    for d, t in library.items():
+        masks = sorted(t["rewards"])
+        models = fit_models([r for r in rows if r[0] != d], desc, dim, n_units, method, target, seed)
+        chosen = [predict_pick(feats, model, desc[d], masks, method)[0] for feats, model in models.values()]
+        chosen.append(BT.best_fixed({k: v for k, v in library.items() if k != d})[0][0])
+        cells = []
+        for name, m in zip(names, chosen):
+            res[name].append(BT.normalised_regret(t, m))
+            cells.append(f"{res[name][-1]:.2f} [{BT.rank_of(t, t['rewards'][m])}] `{m}`")
+        out.append(f"| {d} ({BT.split_of(d)}) | " + " | ".join(cells) + " |")
+    ctx, fixed = np.asarray(res["with context"]), np.asarray(res["fixed of the others"])
+    out += [
+        "",
+        "Mean normalised regret: " + ", ".join(f"{k} {np.mean(v):.3f}" for k, v in res.items())
+        + f"; with context better than the fixed mask on {int((ctx < fixed - 1e-9).sum())}, worse on {int((ctx > fixed + 1e-9).sum())} of {len(ctx)}.",
+    ]
+    return out
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
@@ -122,13 +184,15 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--run", required=True, nargs="+", help="an amortised memrl train run folder (evaluations.csv, descriptor.json, config.yaml); several (agent seeds): their evaluations pooled, the first one's descriptor basis")
+    ap.add_argument("--run", nargs="+", default=None, help="an amortised memrl train run folder (evaluations.csv, descriptor.json, config.yaml); several (agent seeds): their evaluations pooled, the first one's descriptor basis. Needed unless both --library and --vectors are given")
     ap.add_argument("--tables", default="experiments/results/exhaustive", help="folder of lookup tables (*.jsonl)")
     ap.add_argument("--datasets", nargs="+", default=None, help="datasets to test on (default: every test member with a complete table)")
     ap.add_argument("--train-datasets", nargs="+", default=None, help="datasets whose tables give the best fixed mask (default: every training member with a complete table)")
     ap.add_argument("--config", default="experiments/exhaustive.yaml", help="the env the tables were made with")
     ap.add_argument("--library", nargs="+", default=None, help="fit the reward model on every mask of these datasets' complete tables (e.g. the training and validation members) instead of the run's evaluations; the run still gives the descriptor basis")
+    ap.add_argument("--vectors", default=None, help="JSON {dataset: [numbers]} (e.g. gradient_descriptor.py --out): the context of every dataset, instead of the run's descriptor")
     ap.add_argument("--target", choices=["raw", "per_dataset"], default="raw", help="what the reward model is fitted on: raw rewards, or rewards standardised within each training dataset (memrl.evaluation.surrogate.standardise_by_group: a wide-range member does not dominate the fit)")
+    ap.add_argument("--leave-one-out", action="store_true", help="with --library: also score each library member by the models fitted on the other members (and the others' best fixed mask): evidence from members no choice is reported on, beside the few test members")
     ap.add_argument("--seed", type=int, default=0, help="seed of the reward model's optimiser restarts")
     ap.add_argument("--markdown", default=None, help="also write the markdown to this file")
     args = ap.parse_args(argv)
@@ -136,12 +200,19 @@ def main(argv: list[str] | None = None) -> int:
 
     from memrl.data.loaders import load_dataset
     from memrl.errors import MemrlError
-    from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures, standardise_by_group
+    from memrl.evaluation.lookup import LookupEvaluator
 
-    run, tables = [Path(r) for r in args.run], Path(args.tables)
+    run, tables = [Path(r) for r in args.run or ()], Path(args.tables)
     run_name = " + ".join(map(str, run))
     try:
-        env, ev, net, basis, rows = run_inputs(run, tables, args.config)
+        if not run:
+            needs = [w for missing, w in ((not args.library, "the evaluations to fit on (or --library)"), (not args.vectors, "the descriptor basis (or --vectors)")) if missing]
+            if needs:
+                raise MemrlError(f"--run: a run folder is needed for {' and '.join(needs)}")
+            env, ev, rows = BS.load_env(args.config), LookupEvaluator.from_dir(tables), []
+        else:
+            env, ev, net, basis, rows = run_inputs(run, tables, args.config, describe=not args.vectors)
+        vectors = BT.load_vectors(args.vectors) if args.vectors else None
         names = BS.table_datasets(tables)
         test_names = args.datasets or [d for d in names if BT.split_of(d) == "test"]
         # with a library, the best fixed mask comes from the same tables the model is fitted on
@@ -157,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     if not truths:
         print(f"error: no test dataset has a complete table under {tables}", file=sys.stderr)
         return 2
+    if args.leave_one_out and len(library) < 3:
+        print(f"error: --leave-one-out: needs --library with at least 3 datasets, got {len(library)}", file=sys.stderr)
+        return 2
     leak = sorted({d for d, _, _ in rows} & set(truths))
     if leak:
         source = "--library holds" if args.library else f"{run_name} trained on"
@@ -165,23 +239,24 @@ def main(argv: list[str] | None = None) -> int:
 
     desc: dict[str, np.ndarray] = {}
     for d in sorted({d for d, _, _ in rows} | set(truths)):
-        desc[d] = basis.describe(net, load_dataset(d, ev.image_size, ev.image_channels))
+        if vectors is None:
+            desc[d] = basis.describe(net, load_dataset(d, ev.image_size, ev.image_channels))
+        elif d in vectors:
+            desc[d] = vectors[d]
+        else:
+            print(f"error: {args.vectors}: no vector for {d} (it holds {', '.join(sorted(vectors))})", file=sys.stderr)
+            return 2
+    dim = len(next(iter(desc.values())))
+    context = f"the vectors of `{args.vectors}`" if vectors is not None else f"descriptor basis of `{run_name}`"
     n_units = len(ev.units)
-    y = np.asarray([r for _, _, r in rows])
-    if args.target == "per_dataset":  # the argmax on a new dataset does not depend on its scale
-        y = standardise_by_group(y, [d for d, _, _ in rows])
-    with_ctx = SurrogateFeatures(basis.dim, n_units)
-    without = SurrogateFeatures(0, n_units)
-    models = {
-        "with context": (with_ctx, RewardSurrogate(seed=args.seed).fit(with_ctx.matrix([(desc[d], b, env.method) for d, b, _ in rows]), y)),
-        "without context": (without, RewardSurrogate(seed=args.seed).fit(without.matrix([((), b, env.method) for _, b, _ in rows]), y)),
-    }
+    models = fit_models(rows, desc, dim, n_units, env.method, args.target, args.seed)
     fixed = BT.best_fixed(train_truths)[0][0] if train_truths else None
 
     fitted_on = (
-        f"every mask of the complete tables of {', '.join(args.library)} ({len(rows)} rows; descriptor basis of `{run_name}`)"
+        f"every mask of the complete tables of {', '.join(args.library)} ({len(rows)} rows; {context})"
         if args.library
-        else f"{len(rows)} real evaluations of `{run_name}` on {len({d for d, _, _ in rows})} training members (descriptor basis of that run)"
+        else f"{len(rows)} real evaluations of `{run_name}` on {len({d for d, _, _ in rows})} training members ("
+        + (context if vectors is not None else "descriptor basis of that run") + ")"
     )
     lines = [
         f"Reward model zero-shot on test members, fitted on {fitted_on}" + (", rewards standardised within each dataset" if args.target == "per_dataset" else "")
@@ -194,20 +269,21 @@ def main(argv: list[str] | None = None) -> int:
     regrets: dict[str, list[float]] = {k: [] for k in (*models, "best fixed", "random")}
     ranks: dict[str, list[int]] = {k: [] for k in (*models, "best fixed")}
     rhos: dict[str, list[float]] = {k: [] for k in models}
+    picks: dict[str, dict[str, str]] = {k: {} for k in (*models, "best fixed")}
     for d, t in truths.items():
         masks = sorted(t["rewards"])
         true = np.asarray([t["rewards"][m] for m in masks])
         cells = []
         for name, (feats, model) in models.items():
-            ctx = desc[d] if feats.descriptor_dim else ()
-            mean, _ = model.predict(feats.matrix([(ctx, m, env.method) for m in masks]))
-            pick = masks[int(np.argmax(mean))]
+            pick, mean = predict_pick(feats, model, desc[d], masks, env.method)
+            picks[name][d] = pick
             reg = t["r_max"] - t["rewards"][pick]
             regrets[name].append(reg)
             ranks[name].append(BT.rank_of(t, t["rewards"][pick]))
             rhos[name].append(spearman(mean, true))
             cells.append(f"{reg:.3f} ({ranks[name][-1]}), {rhos[name][-1]:.2f} `{pick}`")
         if fixed is not None and fixed in t["rewards"]:
+            picks["best fixed"][d] = fixed
             reg = t["r_max"] - t["rewards"][fixed]
             regrets["best fixed"].append(reg)
             ranks["best fixed"].append(BT.rank_of(t, t["rewards"][fixed]))
@@ -220,10 +296,18 @@ def main(argv: list[str] | None = None) -> int:
     means = {k: float(np.mean(v)) for k, v in regrets.items() if v}
     lines += ["", "Mean regret: " + ", ".join(f"{k} {v:.3f}" for k, v in means.items()) + "."]
     lines.append("Median rank: " + ", ".join(f"{k} {float(np.median(v)):g}" for k, v in ranks.items() if v) + "; mean rho: " + ", ".join(f"{k} {float(np.mean(v)):.2f}" for k, v in rhos.items()) + ".")
+    lines.append("Mean normalised regret ((r_max - r) / (r_max - mean): 0 at the optimum, 1 for an average mask, so each member counts alike): "
+                 + ", ".join(f"{k} {np.mean([BT.normalised_regret(truths[d], m) for d, m in p.items()]):.3f}" for k, p in picks.items() if p) + ".")
+    nxt = {d: t1 for d in truths if (t1 := BS.next_seed_truth(ev, env, d)) is not None}
+    if nxt:
+        lines.append(f"On the next evaluation seed's tables ({', '.join(nxt)}; seed {env.seed + 1}, never fitted on): mean normalised regret "
+                     + ", ".join(f"{k} {np.mean([BT.normalised_regret(nxt[d], p[d]) for d in nxt if d in p]):.3f}" for k, p in picks.items() if any(d in p for d in nxt)) + ".")
     if fixed is not None:
         lines.append(f"The best fixed mask (best mean reward) comes from {len(train_truths)} table(s) ({', '.join(train_truths)}), every mask evaluated on each.")
     best = min(means, key=means.get)
     lines.append(f"Verdict: lowest mean regret over {len(truths)} test member(s): **{best}**.")
+    if args.leave_one_out:
+        lines += ["", *leave_one_out(library, rows, desc, dim, n_units, env.method, args.target, args.seed)]
     print("\n".join(lines))
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)

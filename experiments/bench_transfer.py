@@ -140,6 +140,42 @@ def rank_of(truth: dict, reward: float) -> int:
     return 1 + sum(1 for r in truth["rewards"].values() if r > reward)
 
 
+def normalised_regret(truth: dict, bits: str) -> float:
+    """``(r_max - r) / (r_max - mean)`` of ``bits`` on ``truth``: 0 at the optimum, 1 for an average mask."""
+    rewards = np.asarray(list(truth["rewards"].values()), dtype=float)
+    spread = float(truth["r_max"] - rewards.mean())
+    return 0.0 if spread == 0 else float((truth["r_max"] - truth["rewards"][bits]) / spread)
+
+
+def load_vectors(path: str | Path) -> dict[str, np.ndarray]:
+    """``{dataset: vector}`` from a JSON object of equal-length number lists (MemrlError naming the
+    file and the first bad entry otherwise)."""
+    import json
+
+    from memrl.errors import MemrlError
+
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise MemrlError(f"{p}: not a readable JSON file ({exc})") from None
+    if not isinstance(raw, dict) or not raw:
+        raise MemrlError(f"{p}: expected a JSON object {{dataset: [numbers]}}, got {type(raw).__name__}")
+    out: dict[str, np.ndarray] = {}
+    for d, v in raw.items():
+        try:
+            vec = np.asarray(v, dtype=float)
+        except (TypeError, ValueError):
+            vec = np.empty(0)
+        if vec.ndim != 1 or vec.size == 0 or not np.isfinite(vec).all():
+            raise MemrlError(f"{p}: entry {d!r}: expected a non-empty list of finite numbers")
+        out[d] = vec
+    sizes = {v.size for v in out.values()}
+    if len(sizes) > 1:
+        raise MemrlError(f"{p}: vectors of different lengths {sorted(sizes)}; expected one length")
+    return out
+
+
 def picks_regret(rows: list[dict], truth2: dict, ks: Sequence[int]) -> dict[int, float]:
     """The regret on ``truth2`` (a second seed's table) of the mask a run picks after ``k`` distinct
     evaluations, for each ``k`` in ``ks``: the pick is made by the run's own (first seed's) rewards."""

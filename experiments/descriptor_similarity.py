@@ -146,33 +146,7 @@ def complete_truths(ev, env, datasets: Sequence[str] | None, tables: Path, confi
     return truths
 
 
-def load_vectors(path: str | Path) -> dict[str, np.ndarray]:
-    """``{dataset: vector}`` from a JSON object of equal-length number lists (MemrlError naming the
-    file and the first bad entry otherwise)."""
-    import json
-
-    from memrl.errors import MemrlError
-
-    p = Path(path)
-    try:
-        raw = json.loads(p.read_text())
-    except (OSError, ValueError) as exc:
-        raise MemrlError(f"{p}: not a readable JSON file ({exc})") from None
-    if not isinstance(raw, dict) or not raw:
-        raise MemrlError(f"{p}: expected a JSON object {{dataset: [numbers]}}, got {type(raw).__name__}")
-    out: dict[str, np.ndarray] = {}
-    for d, v in raw.items():
-        try:
-            vec = np.asarray(v, dtype=float)
-        except (TypeError, ValueError):
-            vec = np.empty(0)
-        if vec.ndim != 1 or vec.size == 0 or not np.isfinite(vec).all():
-            raise MemrlError(f"{p}: entry {d!r}: expected a non-empty list of finite numbers")
-        out[d] = vec
-    sizes = {v.size for v in out.values()}
-    if len(sizes) > 1:
-        raise MemrlError(f"{p}: vectors of different lengths {sorted(sizes)}; expected one length")
-    return out
+load_vectors = BT.load_vectors  # {dataset: vector} from JSON; shared with bench_context.py --vectors
 
 
 def neighbours(dist: dict[tuple[str, str], float], target: str, pool: Sequence[str]) -> list[str]:

@@ -58,11 +58,7 @@ BT = _bench_transfer()
 BS = BT.BS
 
 
-def normalised_regret(truth: dict, bits: str) -> float:
-    """``(r_max - r) / (r_max - mean)`` of ``bits`` on ``truth``: 0 at the optimum, 1 for an average mask."""
-    rewards = np.asarray(list(truth["rewards"].values()), dtype=float)
-    spread = float(truth["r_max"] - rewards.mean())
-    return 0.0 if spread == 0 else float((truth["r_max"] - truth["rewards"][bits]) / spread)
+normalised_regret = BT.normalised_regret  # (r_max - r) / (r_max - mean); defined where bench_context can use it too
 
 
 def walk(truth: dict, ranked: list[str]) -> int | None:

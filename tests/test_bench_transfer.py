@@ -310,6 +310,68 @@ def test_bench_context_scores_each_pick_by_the_table(setup, tmp_path, capsys):
     assert "--library mirrored: dataset digits/mirrored" in capsys.readouterr().err  # no table of it at all
 
 
+def test_bench_context_vectors_replace_the_descriptor_without_a_run(setup, tmp_path, capsys):
+    """bench_context.py --library D --vectors FILE: the reward model's context is the file's vector
+    of each dataset (no run folder, no feature net); each pick's regret is the table's, the
+    normalised-regret line matches bench_transfer.normalised_regret; a dataset missing from the
+    file, or no run without --library / --vectors, exits 2 naming what is missing."""
+    from memrl.evaluation.lookup import LookupEvaluator
+
+    spec = importlib.util.spec_from_file_location("bench_context", ROOT / "experiments" / "bench_context.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    vec = tmp_path / "vectors.json"
+    vec.write_text(json.dumps({"inverted": [0.5, -1.0, 2.0], "thick": [-0.5, 1.0, 0.0]}))
+    md = tmp_path / "context.md"
+    base = ["--tables", str(setup["tables"]), "--config", str(setup["config"]), "--datasets", "thick", "--library", "inverted"]
+    assert mod.main([*base, "--vectors", str(vec), "--markdown", str(md)]) == 0
+    text = md.read_text()
+    capsys.readouterr()
+    assert f"complete tables of inverted ({2 ** setup['n']} rows; the vectors of `{vec}`)" in text
+    env = mod.BS.load_env(setup["config"])
+    truth = mod.BS.ground_truth(LookupEvaluator.from_dir(setup["tables"]), env, "thick")
+    row = next(_cells(x) for x in text.splitlines() if x.startswith("| thick |"))
+    picks = [c.split("`")[1] for c in row[1:3]]
+    for cell, bits in zip(row[1:3], picks):
+        assert float(cell.split(" ")[0]) == pytest.approx(truth["r_max"] - truth["rewards"][bits], abs=1e-3)
+    norm = next(x for x in text.splitlines() if x.startswith("Mean normalised regret"))
+    for name, bits in zip(("with context", "without context"), picks):
+        assert f"{name} {mod.BT.normalised_regret(truth, bits):.3f}" in norm
+    bad = tmp_path / "short.json"
+    bad.write_text(json.dumps({"inverted": [0.5, -1.0, 2.0]}))
+    assert mod.main([*base, "--vectors", str(bad)]) == 2
+    assert f"{bad}: no vector for thick" in capsys.readouterr().err
+    assert mod.main(base) == 2
+    assert "a run folder is needed for the descriptor basis (or --vectors)" in capsys.readouterr().err
+    assert mod.main(["--tables", str(setup["tables"]), "--config", str(setup["config"]), "--vectors", str(vec)]) == 2
+    assert "needed for the evaluations to fit on (or --library)" in capsys.readouterr().err
+    assert mod.main([*base, "--vectors", str(vec), "--leave-one-out"]) == 2
+    assert "--leave-one-out: needs --library with at least 3 datasets, got 1" in capsys.readouterr().err
+    # --leave-one-out over three library tables; thick's second-seed table scores the picks again
+    tables, ev, _ = _with_validation_table(setup, tmp_path)
+    write_table(setup["ev"], setup["cfg"], "rotated", 0, tables, tmp_path)
+    write_table(setup["ev"], setup["cfg"], "thick", 1, tables, tmp_path)
+    ev = LookupEvaluator.from_dir(tables)
+    vec.write_text(json.dumps({"inverted": [0.5, -1.0, 2.0], "thick": [-0.5, 1.0, 0.0], "mirrored": [0.4, -0.9, 1.5], "rotated": [0.0, 0.3, -1.0]}))
+    lib = ["inverted", "mirrored", "rotated"]
+    argv = ["--tables", str(tables), "--config", str(setup["config"]), "--datasets", "thick", "--library", *lib, "--vectors", str(vec), "--leave-one-out", "--markdown", str(md)]
+    assert mod.main(argv) == 0
+    capsys.readouterr()
+    text = md.read_text()
+    assert "On the next evaluation seed's tables (thick; seed 1, never fitted on)" in text
+    truths = {d: mod.BS.ground_truth(ev, env, d) for d in lib}
+    rows = [_cells(x) for x in text.split("Leave-one-out over the 3 library tables")[1].splitlines() if x.startswith("| ") and not x.startswith("| left out")]
+    assert [r[0].split(" ")[0] for r in rows] == lib
+    for r in rows:
+        d = r[0].split(" ")[0]
+        for cell in r[1:4]:
+            bits = cell.split("`")[1]
+            assert float(cell.split(" ")[0]) == pytest.approx(mod.BT.normalised_regret(truths[d], bits), abs=6e-3)
+            assert int(cell.split("[")[1].split("]")[0]) == mod.BT.rank_of(truths[d], truths[d]["rewards"][bits])
+        others = {k: v for k, v in truths.items() if k != d}
+        assert r[3].split("`")[1] == mod.BT.best_fixed(others)[0][0]
+
+
 def test_zero_shot_rule_scores_each_left_out_pick(setup, tmp_path, capsys):
     """experiments/zero_shot_rule.py: leave-one-member-out over a run's training members. A member
     with a table (inverted, thick) is scored over all its masks, one without (mirrored) over the
