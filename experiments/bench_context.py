@@ -205,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     run, tables = [Path(r) for r in args.run or ()], Path(args.tables)
     run_name = " + ".join(map(str, run))
     try:
+        if args.leave_one_out and len(args.library or ()) < 3:
+            raise MemrlError(f"--leave-one-out: needs --library with at least 3 datasets, got {len(args.library or ())}")
+        vectors = BT.load_vectors(args.vectors) if args.vectors else None  # checked before the tables load
         if not run:
             needs = [w for missing, w in ((not args.library, "the evaluations to fit on (or --library)"), (not args.vectors, "the descriptor basis (or --vectors)")) if missing]
             if needs:
@@ -212,7 +215,6 @@ def main(argv: list[str] | None = None) -> int:
             env, ev, rows = BS.load_env(args.config), LookupEvaluator.from_dir(tables), []
         else:
             env, ev, net, basis, rows = run_inputs(run, tables, args.config, describe=not args.vectors)
-        vectors = BT.load_vectors(args.vectors) if args.vectors else None
         names = BS.table_datasets(tables)
         test_names = args.datasets or [d for d in names if BT.split_of(d) == "test"]
         # with a library, the best fixed mask comes from the same tables the model is fitted on
@@ -227,9 +229,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not truths:
         print(f"error: no test dataset has a complete table under {tables}", file=sys.stderr)
-        return 2
-    if args.leave_one_out and len(library) < 3:
-        print(f"error: --leave-one-out: needs --library with at least 3 datasets, got {len(library)}", file=sys.stderr)
         return 2
     leak = sorted({d for d, _, _ in rows} & set(truths))
     if leak:
