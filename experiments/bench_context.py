@@ -124,16 +124,18 @@ def table_rows(truths: dict[str, dict]) -> list[tuple[str, str, float]]:
     return [(d, bits, float(r)) for d, t in truths.items() for bits, r in sorted(t["rewards"].items())]
 
 
-def fit_models(rows: Sequence[tuple[str, str, float]], desc: dict[str, np.ndarray], dim: int, n_units: int, method: str, target: str, seed: int) -> dict:
+def fit_models(rows: Sequence[tuple[str, str, float]], desc: dict[str, np.ndarray], method: str, target: str, seed: int) -> dict:
     """``{"with context": (features, model), "without context": (features, model)}``: memrl's reward
     model fitted on ``rows`` with each dataset's context ``desc[d]`` + mask bits, and on the mask
-    bits alone. ``target="per_dataset"`` standardises the rewards within each dataset first."""
+    bits alone (the sizes of both come from the rows and contexts). ``target="per_dataset"``
+    standardises the rewards within each dataset first."""
     from memrl.evaluation.surrogate import RewardSurrogate, SurrogateFeatures, standardise_by_group
 
     y = np.asarray([r for _, _, r in rows])
     if target == "per_dataset":  # the argmax on a new dataset does not depend on its scale
         y = standardise_by_group(y, [d for d, _, _ in rows])
-    with_ctx, without = SurrogateFeatures(dim, n_units), SurrogateFeatures(0, n_units)
+    n_units = len(rows[0][1])
+    with_ctx, without = SurrogateFeatures(len(desc[rows[0][0]]), n_units), SurrogateFeatures(0, n_units)
     return {
         "with context": (with_ctx, RewardSurrogate(seed=seed).fit(with_ctx.matrix([(desc[d], b, method) for d, b, _ in rows]), y)),
         "without context": (without, RewardSurrogate(seed=seed).fit(without.matrix([((), b, method) for _, b, _ in rows]), y)),
@@ -146,7 +148,7 @@ def predict_pick(feats, model, ctx: np.ndarray, masks: Sequence[str], method: st
     return masks[int(np.argmax(mean))], mean
 
 
-def leave_one_out(library: dict[str, dict], rows: Sequence[tuple[str, str, float]], desc: dict[str, np.ndarray], dim: int, n_units: int, method: str, target: str, seed: int) -> list[str]:
+def leave_one_out(library: dict[str, dict], rows: Sequence[tuple[str, str, float]], desc: dict[str, np.ndarray], method: str, target: str, seed: int) -> list[str]:
     """Markdown lines: each library member's normalised regret [rank] for the picks of the models
     fitted on the other members' rows (:func:`fit_models`) and for the others' best fixed mask."""
     names = ("with context", "without context", "fixed of the others")
@@ -159,7 +161,7 @@ def leave_one_out(library: dict[str, dict], rows: Sequence[tuple[str, str, float
     res: dict[str, list[float]] = {k: [] for k in names}
     for d, t in library.items():
         masks = sorted(t["rewards"])
-        models = fit_models([r for r in rows if r[0] != d], desc, dim, n_units, method, target, seed)
+        models = fit_models([r for r in rows if r[0] != d], desc, method, target, seed)
         chosen = [predict_pick(feats, model, desc[d], masks, method)[0] for feats, model in models.values()]
         chosen.append(BT.best_fixed({k: v for k, v in library.items() if k != d})[0][0])
         cells = []
@@ -236,26 +238,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {source} {', '.join(leak)}, a dataset tested here", file=sys.stderr)
         return 2
 
-    desc: dict[str, np.ndarray] = {}
-    for d in sorted({d for d, _, _ in rows} | set(truths)):
-        if vectors is None:
-            desc[d] = basis.describe(net, load_dataset(d, ev.image_size, ev.image_channels))
-        elif d in vectors:
-            desc[d] = vectors[d]
-        else:
-            print(f"error: {args.vectors}: no vector for {d} (it holds {', '.join(sorted(vectors))})", file=sys.stderr)
+    described = sorted({d for d, _, _ in rows} | set(truths))
+    if vectors is None:
+        desc = {d: basis.describe(net, load_dataset(d, ev.image_size, ev.image_channels)) for d in described}
+        context = f"descriptor basis of `{run_name}`" if args.library else "descriptor basis of that run"
+    else:
+        missing = [d for d in described if d not in vectors]
+        if missing:
+            print(f"error: {args.vectors}: no vector for {', '.join(missing)} (it holds {', '.join(sorted(vectors))})", file=sys.stderr)
             return 2
-    dim = len(next(iter(desc.values())))
-    context = f"the vectors of `{args.vectors}`" if vectors is not None else f"descriptor basis of `{run_name}`"
+        desc = {d: vectors[d] for d in described}
+        context = f"the vectors of `{args.vectors}`"
     n_units = len(ev.units)
-    models = fit_models(rows, desc, dim, n_units, env.method, args.target, args.seed)
+    models = fit_models(rows, desc, env.method, args.target, args.seed)
     fixed = BT.best_fixed(train_truths)[0][0] if train_truths else None
 
     fitted_on = (
         f"every mask of the complete tables of {', '.join(args.library)} ({len(rows)} rows; {context})"
         if args.library
-        else f"{len(rows)} real evaluations of `{run_name}` on {len({d for d, _, _ in rows})} training members ("
-        + (context if vectors is not None else "descriptor basis of that run") + ")"
+        else f"{len(rows)} real evaluations of `{run_name}` on {len({d for d, _, _ in rows})} training members ({context})"
     )
     lines = [
         f"Reward model zero-shot on test members, fitted on {fitted_on}" + (", rewards standardised within each dataset" if args.target == "per_dataset" else "")
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     best = min(means, key=means.get)
     lines.append(f"Verdict: lowest mean regret over {len(truths)} test member(s): **{best}**.")
     if args.leave_one_out:
-        lines += ["", *leave_one_out(library, rows, desc, dim, n_units, env.method, args.target, args.seed)]
+        lines += ["", *leave_one_out(library, rows, desc, env.method, args.target, args.seed)]
     print("\n".join(lines))
     if args.markdown:
         Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
